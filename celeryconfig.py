@@ -1,0 +1,91 @@
+"""Celery settings for listsync, read by worker/app.py.
+
+At-least-once delivery: a task is acknowledged only after it finished, a task whose worker
+died is redelivered, and each worker holds one message at a time. Every task is idempotent,
+so a redelivery is harmless. Only JSON crosses the broker.
+"""
+
+from __future__ import annotations
+
+from celery.schedules import crontab
+from kombu import Exchange, Queue
+
+from config import get_settings
+
+_settings = get_settings()
+
+#: Redis redelivers a message unacked for this long. Every countdown we use is far shorter,
+#: and the longest task (a 500-member batch under retries) finishes well inside it.
+VISIBILITY_TIMEOUT_SECONDS = 3600
+
+broker_url = _settings.broker_url or "redis://127.0.0.1:6379/0"
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    # Fail fast when Redis is away rather than hang a web request that enqueues.
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+}
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+task_ignore_result = True
+result_backend = None
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+task_acks_on_failure_or_timeout = True
+worker_prefetch_multiplier = 1
+worker_concurrency = _settings.worker_concurrency
+worker_cancel_long_running_tasks_on_connection_loss = True
+# Soft shutdown (Celery >= 5.5): on a warm shutdown, running tasks get this long to finish.
+worker_soft_shutdown_timeout = 10.0
+worker_enable_soft_shutdown_on_idle = True
+
+# Flower needs task events, including "sent" ones, to show every task.
+worker_send_task_events = True
+task_send_sent_event = True
+
+worker_hijack_root_logger = False
+worker_task_log_format = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
+)
+
+_default_exchange = Exchange("listsync", type="direct")
+task_queues = [
+    Queue(name, _default_exchange, routing_key=name)
+    for name in ("signups", "sync", "optouts", "maintenance")
+]
+task_default_queue = "maintenance"
+task_default_exchange = "listsync"
+task_default_routing_key = "maintenance"
+task_routes = {
+    "listsync.signups.*": {"queue": "signups", "routing_key": "signups"},
+    "listsync.sync.*": {"queue": "sync", "routing_key": "sync"},
+    "listsync.optouts.*": {"queue": "optouts", "routing_key": "optouts"},
+    "listsync.retention.*": {"queue": "maintenance", "routing_key": "maintenance"},
+}
+
+imports = ("tasks.signups", "tasks.sync", "tasks.optouts", "tasks.retention")
+
+timezone = "UTC"
+enable_utc = True
+beat_schedule = {
+    "sync-sweep": {
+        "task": "listsync.sync.sweep",
+        "schedule": float(_settings.sync_sweep_seconds),
+    },
+    "optouts-sweep": {
+        "task": "listsync.optouts.sweep",
+        "schedule": 60.0,
+    },
+    "optouts-reconcile": {
+        "task": "listsync.optouts.reconcile",
+        "schedule": float(_settings.reconcile_interval_seconds),
+    },
+    "retention-purge": {
+        "task": "listsync.retention.purge",
+        "schedule": crontab(hour=_settings.purge_hour_utc, minute=_settings.purge_minute_utc),
+    },
+}

@@ -1,0 +1,170 @@
+"""The one settings object: read from LISTSYNC_* environment variables and an optional .env.
+
+Every setting is documented in docs/configuration.md. Secrets are SecretStr so they never
+appear in reprs, logs or validation errors.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Mailchimp allows 10 simultaneous connections per account; we never go above it.
+MAILCHIMP_HARD_CONCURRENCY_LIMIT = 10
+
+DEFAULT_VAR_DIR = Path("var")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LISTSYNC_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    # --- storage and broker -------------------------------------------------------------
+    database_url: str = Field(
+        default=f"sqlite:///{DEFAULT_VAR_DIR}/listsync.db",
+        description="SQLAlchemy URL. SQLite (default, a file under var/) or postgresql+psycopg://.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Redis URL of the Celery broker. Unset: `listsync run` embeds a Redis server.",
+    )
+    var_dir: Path = Field(default=DEFAULT_VAR_DIR, description="Where local state files live.")
+
+    # --- Mailchimp ----------------------------------------------------------------------
+    mailchimp_api_key: SecretStr | None = Field(
+        default=None, description="Marketing API key. Unset: `listsync run` starts the emulator."
+    )
+    mailchimp_server: str | None = Field(
+        default=None, description="Data-centre prefix such as us6; derived from the key if unset."
+    )
+    mailchimp_list_id: str | None = Field(default=None, description="The audience (list) id.")
+    mailchimp_base_url: str | None = Field(
+        default=None, description="Override of the API base URL, e.g. the emulator's."
+    )
+    mailchimp_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    mailchimp_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=MAILCHIMP_HARD_CONCURRENCY_LIMIT,
+        description="Cap on simultaneous Mailchimp calls across all workers and hosts.",
+    )
+    double_optin: bool | None = Field(
+        default=None,
+        description="Send new members as pending (true) or subscribed (false). Unset: read the "
+        "audience's own double_optin setting from Mailchimp.",
+    )
+    resubscribe_with_confirmation: bool = Field(
+        default=False,
+        description="Allow a new explicit consent after an opt-out to send status=pending.",
+    )
+    merge_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["FNAME", "LNAME"],
+        description="Merge fields that may be sent to Mailchimp (comma-separated).",
+    )
+
+    # --- sync ---------------------------------------------------------------------------
+    sync_batch_size: int = Field(default=500, ge=1, le=500)
+    sync_retry_window_hours: float = Field(default=48.0, gt=0)
+    sync_in_flight_timeout_seconds: int = Field(default=300, ge=30)
+    sync_sweep_seconds: int = Field(default=30, ge=1)
+
+    # --- web ----------------------------------------------------------------------------
+    web_host: str = Field(default="127.0.0.1")
+    web_port: int = Field(default=8000, ge=0, le=65535)
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Secrets accepted in the webhook path (comma-separated; two during rotation).",
+    )
+    webhook_signing_secret: SecretStr | None = Field(default=None)
+    intake_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Bearer tokens accepted by POST /v1/signups."
+    )
+
+    # --- schedules ----------------------------------------------------------------------
+    reconcile_interval_seconds: int = Field(default=900, ge=10)
+    purge_hour_utc: int = Field(default=3, ge=0, le=23)
+    purge_minute_utc: int = Field(default=15, ge=0, le=59)
+    retention_file: Path | None = Field(
+        default=None, description="Retention schedule TOML. Unset: config/retention.toml."
+    )
+    forms_file: Path | None = Field(
+        default=None, description="Forms and their allowed fields (TOML). Unset: config/forms.toml."
+    )
+
+    # --- operations ---------------------------------------------------------------------
+    flower_basic_auth: SecretStr | None = Field(
+        default=None, description="user:password for Flower (required unless --insecure-local)."
+    )
+    worker_concurrency: int = Field(default=2, ge=1)
+    log_level: str = Field(default="INFO")
+
+    @field_validator("merge_fields", mode="before")
+    @classmethod
+    def _merge_fields_csv(cls, value: object) -> object:
+        value = _split_csv(value)
+        if isinstance(value, list):
+            return [str(v).upper() for v in value]
+        return value
+
+    @field_validator("webhook_secrets", "intake_tokens", mode="before")
+    @classmethod
+    def _secrets_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if value.startswith("postgresql://") or value.startswith("postgres://"):
+            # psycopg 3 is the driver we ship; plain URLs would ask for psycopg2.
+            value = "postgresql+psycopg://" + value.split("://", 1)[1]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_broker(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL (the outbox and the call cap need Redis)")
+        return value or None
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secret_length(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for secret in value:
+            if len(secret.get_secret_value()) < 16:
+                raise ValueError("each webhook secret must be at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _server_from_key(self) -> Settings:
+        if self.mailchimp_server is None and self.mailchimp_api_key is not None:
+            key = self.mailchimp_api_key.get_secret_value()
+            if "-" in key:
+                self.mailchimp_server = key.rsplit("-", 1)[1]
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests clear the cache with get_settings.cache_clear()."""
+    return Settings()

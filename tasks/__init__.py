@@ -1,0 +1,1 @@
+"""Celery task modules: thin wrappers that decode arguments and call worker/."""

@@ -1,0 +1,1 @@
+"""Celery tasks for optouts (see worker/optouts.py)."""

@@ -1,0 +1,1 @@
+"""Celery tasks for retention (see worker/retention.py)."""

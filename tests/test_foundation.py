@@ -1,0 +1,105 @@
+"""The skeleton: settings, migrations, the command's error messages."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from pydantic import ValidationError
+
+from config import Settings
+from tests.helpers import run_listsync
+from worker.db import dispose_engines, get_engine
+from worker.migrate import upgrade
+from worker.models import Base
+
+
+def test_migrations_produce_exactly_the_models(settings_env: dict[str, str]) -> None:
+    url = settings_env["LISTSYNC_DATABASE_URL"]
+    upgrade(url)
+    upgrade(url)  # a second run is a no-op
+    with get_engine(url).connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        diff = compare_metadata(context, Base.metadata)
+    dispose_engines()
+    assert diff == []
+
+
+def test_db_upgrade_command_migrates_a_new_database(settings_env: dict[str, str]) -> None:
+    result = run_listsync("db", "upgrade", env=settings_env)
+    assert result.returncode == 0, result.stderr
+    assert "up to date" in result.stdout
+    from sqlalchemy import inspect
+
+    tables = set(inspect(get_engine(settings_env["LISTSYNC_DATABASE_URL"])).get_table_names())
+    dispose_engines()
+    assert {"contact", "submission", "submission_ip", "sync_job", "webhook_event"} <= tables
+    assert {"hold", "purge_run", "suppression"} <= tables
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("LISTSYNC_MAILCHIMP_CONCURRENCY", "11", "less than or equal to 10"),
+        ("LISTSYNC_DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql"),
+        ("LISTSYNC_BROKER_URL", "amqp://guest@localhost//", "redis://"),
+        ("LISTSYNC_WEB_PORT", "eighty", "valid integer"),
+        ("LISTSYNC_WEBHOOK_SECRETS", "short", "at least 16 characters"),
+    ],
+)
+def test_bad_setting_is_one_clear_line_naming_the_variable(
+    variable: str, value: str, reason: str
+) -> None:
+    result = run_listsync("db", "upgrade", env={variable: value})
+    assert result.returncode == 1
+    assert variable in result.stderr
+    assert reason in result.stderr
+    assert "Traceback" not in result.stderr
+    if variable == "LISTSYNC_WEBHOOK_SECRETS":
+        assert value not in result.stderr  # a rejected secret is not echoed back
+
+
+def test_unreachable_database_names_the_setting_and_host() -> None:
+    result = run_listsync(
+        "db", "upgrade", env={"LISTSYNC_DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/nope"}
+    )
+    assert result.returncode == 1
+    assert "LISTSYNC_DATABASE_URL" in result.stderr
+    assert "127.0.0.1:1" in result.stderr
+    assert "pw" not in result.stderr.replace("***", "")
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_broker_names_the_setting(settings_env: dict[str, str]) -> None:
+    env = {**settings_env, "LISTSYNC_BROKER_URL": "redis://127.0.0.1:1/0"}
+    result = run_listsync("worker", env=env)
+    assert result.returncode == 1
+    assert "LISTSYNC_BROKER_URL" in result.stderr and "127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_secrets_never_appear_in_reprs() -> None:
+    settings = Settings(
+        mailchimp_api_key="abcdef0123456789-us6",
+        webhook_secrets="first-secret-0123456789,second-secret-0123456789",
+        intake_tokens="token-0123456789abcdef",
+    )
+    text = repr(settings) + str(settings) + str(settings.model_dump())
+    for secret in ("abcdef0123456789", "first-secret", "second-secret", "token-0123456789"):
+        assert secret not in text
+    assert settings.mailchimp_server == "us6"
+    assert len(settings.webhook_secrets) == 2
+
+
+def test_secret_is_not_echoed_in_validation_errors() -> None:
+    with pytest.raises(ValidationError) as info:
+        Settings(webhook_secrets="tiny-secret")
+    assert "tiny-secret" not in str(info.value)
+
+
+def test_every_setting_is_documented() -> None:
+    from tests.conftest import ROOT
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`LISTSYNC_{n.upper()}`" not in doc]
+    assert missing == []

@@ -1,0 +1,23 @@
+"""The `listsync` command. Each area adds its commands from its own module here."""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli.common import run_cli
+from worker.cli.db import db
+from worker.cli.processes import beat, run, web, worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="listsync", prog_name="listsync")
+def cli() -> None:
+    """listsync: website signups to Mailchimp, opt-outs back, submissions purged on time."""
+
+
+for command in (run, worker, beat, web, db):
+    cli.add_command(command)
+
+
+def main() -> None:
+    run_cli(cli)

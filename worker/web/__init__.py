@@ -1,0 +1,1 @@
+"""The ASGI web app (`listsync web`): webhook receiver, signup intake, health and metrics."""

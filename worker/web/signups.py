@@ -1,0 +1,7 @@
+"""POST /v1/signups: the HTTP intake."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["intake"])
