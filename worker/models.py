@@ -152,7 +152,11 @@ class Submission(Base):
     consent_text_version: Mapped[str | None] = mapped_column(String(64))
     submitted_at: Mapped[datetime]
     received_at: Mapped[created]
-    need_until: Mapped[datetime | None]  # None while a "after synced" period has not started
+    # None while an "after synced" period has not started; then retain_after_sync_seconds
+    # (fixed at intake, so a later schedule change does not apply retroactively) counts from
+    # the moment the sync job finished.
+    need_until: Mapped[datetime | None]
+    retain_after_sync_seconds: Mapped[int | None] = mapped_column(Integer)
     policy_version: Mapped[str] = mapped_column(String(32))
     idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
     synced_at: Mapped[datetime | None]

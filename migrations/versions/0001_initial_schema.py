@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 13:40:34.216294
+Create Date: 2026-11-28 13:46:24.589108
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def upgrade() -> None:
         sa.Column("submitted_at", worker.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("received_at", worker.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("need_until", worker.models.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("retain_after_sync_seconds", sa.Integer(), nullable=True),
         sa.Column("policy_version", sa.String(length=32), nullable=False),
         sa.Column("idempotency_key", sa.String(length=128), nullable=False),
         sa.Column("synced_at", worker.models.UTCDateTime(timezone=True), nullable=True),
