@@ -7,6 +7,7 @@ import click
 from worker.cli.common import run_cli
 from worker.cli.db import db
 from worker.cli.processes import beat, run, web, worker
+from worker.emulator.cli import emulator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +16,7 @@ def cli() -> None:
     """listsync: website signups to Mailchimp, opt-outs back, submissions purged on time."""
 
 
-for command in (run, worker, beat, web, db):
+for command in (run, worker, beat, web, db, emulator):
     cli.add_command(command)
 
 
