@@ -216,3 +216,62 @@ def celery_worker(db: str, redis_client: object) -> Iterator[object]:
         shutdown_timeout=30,
     ) as worker:
         yield worker
+
+
+# --- Mailchimp (the emulator over real HTTP) --------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_process() -> Iterator[object]:
+    """One emulator for the session; each test gets its own audience in it."""
+    from worker.emulator.process import EmulatorProcess
+
+    with EmulatorProcess() as emu:
+        yield emu
+
+
+class Audience:
+    """A fresh audience in the emulator, with the settings pointing listsync at it."""
+
+    def __init__(self, emu: object, list_id: str) -> None:
+        from worker.emulator.process import EmulatorProcess
+
+        assert isinstance(emu, EmulatorProcess)
+        self.emu = emu
+        self.list_id = list_id
+
+    def member(self, email: str) -> dict[str, object] | None:
+        from worker.mailchimp import email_hash
+
+        # By hash: the URL (and urllib3's debug log of it) must not carry the address.
+        return self.emu.member(email_hash(email), list_id=self.list_id)
+
+    def status(self, email: str) -> object:
+        member = self.member(email)
+        return None if member is None else member.get("status")
+
+
+@pytest.fixture
+def audience(
+    emulator_process: object, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Audience]:
+    from config import get_settings
+    from worker.emulator.process import EmulatorProcess
+
+    emu = emulator_process
+    assert isinstance(emu, EmulatorProcess)
+    emu.reset_faults()
+    emu.reset_counters()
+    list_id = emu.create_list()
+    env = {
+        "LISTSYNC_MAILCHIMP_API_KEY": emu.api_key,
+        "LISTSYNC_MAILCHIMP_BASE_URL": emu.base_url,
+        "LISTSYNC_MAILCHIMP_LIST_ID": list_id,
+        "LISTSYNC_MAILCHIMP_TIMEOUT_SECONDS": "2",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+        settings_env[key] = value
+    get_settings.cache_clear()
+    yield Audience(emu, list_id)
+    emu.reset_faults()

@@ -7,6 +7,7 @@ import click
 from worker.cli.common import run_cli
 from worker.cli.db import db
 from worker.cli.processes import beat, run, web, worker
+from worker.cli.signups import enqueue, failed
 from worker.emulator.cli import emulator
 
 
@@ -16,7 +17,7 @@ def cli() -> None:
     """listsync: website signups to Mailchimp, opt-outs back, submissions purged on time."""
 
 
-for command in (run, worker, beat, web, db, emulator):
+for command in (run, worker, beat, web, db, emulator, enqueue, failed):
     cli.add_command(command)
 
 

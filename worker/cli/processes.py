@@ -241,7 +241,7 @@ def run(port: int | None) -> None:
             if settings.mailchimp_api_key is None:
                 from worker.emulator.process import EmulatorProcess
 
-                emu = stack.enter_context(EmulatorProcess(list_id=settings.mailchimp_list_id))
+                emu = stack.enter_context(EmulatorProcess(lists=_given(settings.mailchimp_list_id)))
                 env["LISTSYNC_MAILCHIMP_API_KEY"] = emu.api_key
                 env["LISTSYNC_MAILCHIMP_BASE_URL"] = emu.base_url
                 env["LISTSYNC_MAILCHIMP_LIST_ID"] = emu.list_id
@@ -276,6 +276,10 @@ def run(port: int | None) -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     click.echo("stopped")
+
+
+def _given(value: str | None) -> tuple[str, ...]:
+    return (value,) if value else ()
 
 
 def _run_migrations(env: dict[str, str]) -> None:

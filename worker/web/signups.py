@@ -1,7 +1,93 @@
-"""POST /v1/signups: the HTTP intake."""
+"""POST /v1/signups: the HTTP intake, the same validation and storage as the queue."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+import json
+import logging
+from typing import Any
 
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+
+from config import get_settings
+from worker import metrics
+from worker.intake import SignupMessage, SignupRejected, receive
+
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["intake"])
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+class Accepted(BaseModel):
+    submission_id: int
+    created: bool
+
+
+def _refuse(status: int, reason: str, detail: Any) -> JSONResponse:
+    metrics.incr("intake_rejected_total", reason=reason)
+    log.info("intake refused: %s", reason)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _token_ok(header: str | None) -> bool:
+    scheme, _, presented = (header or "").partition(" ")
+    accepted = [t.get_secret_value() for t in get_settings().intake_tokens]
+    ok = False
+    for token in accepted:  # compare with every token: the time taken says nothing
+        ok |= hmac.compare_digest(presented.encode(), token.encode())
+    return ok and scheme.lower() == "bearer"
+
+
+@router.post(
+    "/v1/signups",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": SignupMessage.model_json_schema()}},
+        }
+    },
+    responses={
+        401: {"description": "missing or wrong bearer token"},
+        413: {"description": "body over 64 KiB"},
+        415: {"description": "not JSON"},
+        422: {"description": "invalid signup: each problem names its field"},
+        503: {"description": "database unavailable; retry later"},
+    },
+)
+async def post_signup(request: Request) -> JSONResponse:
+    """Store one signup; 202 with its submission id. The same idempotency key → same id."""
+    if not _token_ok(request.headers.get("authorization")):
+        return _refuse(401, "bad_token", "missing or invalid bearer token")
+    if not request.headers.get("content-type", "").startswith("application/json"):
+        return _refuse(415, "content_type", "send application/json")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return _refuse(422, "malformed", [{"field": "body", "reason": "not valid JSON"}])
+    try:
+        result = await run_in_threadpool(receive, raw, channel="http")
+    except SignupRejected as exc:
+        problems = [{"field": p.field, "reason": p.reason} for p in exc.problems]
+        return _refuse(422, "invalid", problems)
+    except OperationalError:
+        log.warning("intake: database unavailable")
+        return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+    return JSONResponse(
+        {"submission_id": result.submission_id, "created": result.created}, status_code=202
+    )

@@ -1,0 +1,1 @@
+"""Retention: the schedule, the purge and holds."""

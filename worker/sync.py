@@ -1,0 +1,449 @@
+"""The outbox flush: claim due sync jobs, send them to Mailchimp, record each outcome.
+
+Three short steps, never holding a database transaction open across a Mailchimp call:
+claim (pending → in_flight, `FOR UPDATE SKIP LOCKED` on PostgreSQL; on SQLite the claim is a
+single write statement, and SQLite admits one writer at a time), plan and send (the opt-out
+guard decides, then one PUT for one member or batch-subscribe for many), record (done,
+suppressed, back to pending with a later `next_attempt_at`, or failed after the retry window).
+
+Invariant 2 lives in `plan`: a contact that is unsubscribed, cleaned or erased locally, or
+whose hash is suppressed, is never sent; an existing member is never sent a `status`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import redis
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import CursorResult, and_, func, select, update
+from sqlalchemy.orm import Session
+
+from config import get_settings
+from worker import metrics
+from worker.broker import get_redis
+from worker.db import session_scope
+from worker.mailchimp import Gateway, MailchimpError, MemberResult, get_gateway
+from worker.models import (
+    OPTED_OUT,
+    ChangeSource,
+    Contact,
+    ContactStatus,
+    JobKind,
+    JobState,
+    Submission,
+    Suppression,
+    SyncJob,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+FLUSH_TASK = "listsync.sync.flush"
+FLUSH_FLAG = "listsync:sync:flush-requested"
+#: While this flag lives, intake does not queue another flush: one is already on its way.
+FLUSH_FLAG_SECONDS = 10
+#: Retry waits after transient failures: 30 s doubling to at most 30 min, with jitter.
+BACKOFF_FIRST_SECONDS = 30.0
+BACKOFF_MAX_SECONDS = 1800.0
+#: Statuses a successful sync may mirror locally; opt-outs are only ever set, never undone.
+MIRRORABLE = frozenset(
+    {ContactStatus.NEW, ContactStatus.SUBSCRIBED, ContactStatus.PENDING, ContactStatus.ARCHIVED}
+)
+
+
+@dataclass
+class FlushReport:
+    claimed: int = 0
+    done: int = 0
+    suppressed: int = 0
+    retry: int = 0
+    failed: int = 0
+    calls: int = 0
+
+
+@dataclass
+class Outcome:
+    state: JobState | None  # None: transient, back to pending
+    reason: str
+    member_status: str | None = None
+
+
+@dataclass
+class Send:
+    """One member to send, and the jobs its outcome settles."""
+
+    email_hash: str
+    email: str
+    merge_fields: dict[str, str]
+    job_ids: list[int] = field(default_factory=list)
+    resubscribe: bool = False
+
+
+@dataclass
+class Plan:
+    upserts: dict[str, Send] = field(default_factory=dict)  # by email hash
+    updates: dict[str, Send] = field(default_factory=dict)
+    erases: dict[str, list[int]] = field(default_factory=dict)
+    settled: dict[int, Outcome] = field(default_factory=dict)  # decided without a call
+
+
+# --- nudging the flusher ----------------------------------------------------------------
+
+
+def request_flush(*, force: bool = False) -> None:
+    """Queue a flush unless one is already queued. Never raises: the sweep is the backstop."""
+    from worker.app import app
+
+    try:
+        if force or get_redis().set(FLUSH_FLAG, "1", nx=True, ex=FLUSH_FLAG_SECONDS):
+            app.send_task(FLUSH_TASK)
+    except (redis.RedisError, KombuOperationalError) as exc:
+        log.warning(
+            "could not queue a flush (%s); the sweep will pick the jobs up", type(exc).__name__
+        )
+
+
+def _clear_flush_flag() -> None:
+    with contextlib.suppress(redis.RedisError):
+        get_redis().delete(FLUSH_FLAG)
+
+
+# --- claim ------------------------------------------------------------------------------
+
+
+def claim(session: Session, limit: int, now: datetime) -> list[int]:
+    """Move up to `limit` due pending jobs to in_flight; returns their ids."""
+    due = (
+        select(SyncJob.id)
+        .where(SyncJob.state == JobState.PENDING, SyncJob.next_attempt_at <= now)
+        .order_by(SyncJob.next_attempt_at, SyncJob.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = session.scalars(
+        update(SyncJob)
+        .where(SyncJob.id.in_(due.scalar_subquery()), SyncJob.state == JobState.PENDING)
+        .values(state=JobState.IN_FLIGHT, claimed_at=now, attempts=SyncJob.attempts + 1)
+        .returning(SyncJob.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return list(claimed)
+
+
+# --- plan: the opt-out guard ------------------------------------------------------------
+
+
+def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) -> Plan:
+    """Decide what to send for each claimed job. Pure reads; no call is made here."""
+    jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(job_ids))).all()
+    hashes = {job.email_hash for job in jobs}
+    contacts = {
+        c.email_hash: c
+        for c in session.scalars(select(Contact).where(Contact.email_hash.in_(hashes)))
+    }
+    suppressed = set(
+        session.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes)))
+    )
+    allowed_tags = get_settings().merge_fields
+    out = Plan()
+    for job in jobs:
+        contact = contacts.get(job.email_hash)
+        if job.kind == JobKind.ERASE:
+            out.erases.setdefault(job.email_hash, []).append(job.id)
+            continue
+        if job.email_hash in suppressed:
+            out.settled[job.id] = Outcome(JobState.SUPPRESSED, "suppressed_hash")
+            continue
+        if contact is None:
+            out.settled[job.id] = Outcome(JobState.SUPPRESSED, "contact_gone")
+            continue
+        merge = {k: v for k, v in contact.merge_fields.items() if k in allowed_tags}
+        if job.kind == JobKind.UPDATE:
+            send = out.updates.setdefault(
+                job.email_hash, Send(job.email_hash, contact.email, merge)
+            )
+            send.job_ids.append(job.id)
+            continue
+        resubscribe = False
+        if contact.status in OPTED_OUT:
+            resubscribe = (
+                resubscribe_allowed
+                and contact.status == ContactStatus.UNSUBSCRIBED
+                and contact.consent_at is not None
+                and contact.consent_at > contact.status_changed_at
+            )
+            if not resubscribe:
+                out.settled[job.id] = Outcome(JobState.SUPPRESSED, f"opted_out:{contact.status}")
+                continue
+        send = out.upserts.setdefault(job.email_hash, Send(job.email_hash, contact.email, merge))
+        send.resubscribe = send.resubscribe or resubscribe
+        send.job_ids.append(job.id)
+    return out
+
+
+# --- send -------------------------------------------------------------------------------
+
+
+def outcome_of(result: MemberResult) -> Outcome:
+    """Map one member's result to the state its jobs end in."""
+    if result.ok:
+        if result.status in ("unsubscribed", "cleaned"):
+            # The member exists and opted out: status_if_new left it alone, as it should.
+            return Outcome(JobState.SUPPRESSED, f"member_{result.status}", result.status)
+        return Outcome(JobState.DONE, f"member_{result.status or 'ok'}", result.status)
+    reason = result.reason or "unknown"
+    if not result.permanent:
+        return Outcome(None, reason)
+    if reason == "compliance_state":
+        return Outcome(JobState.SUPPRESSED, reason, "unsubscribed")
+    if reason == "forgotten":
+        return Outcome(JobState.SUPPRESSED, reason)
+    return Outcome(JobState.FAILED, reason)
+
+
+def send(gateway: Gateway, work: Plan, batch_size: int, report: FlushReport) -> dict[int, Outcome]:
+    """Make the calls the plan asks for; returns an outcome per job id."""
+    outcomes: dict[int, Outcome] = dict(work.settled)
+
+    def settle(job_ids: Iterable[int], outcome: Outcome) -> None:
+        for job_id in job_ids:
+            outcomes[job_id] = outcome
+
+    plain = [s for s in work.upserts.values() if not s.resubscribe]
+    confirm = [s for s in work.upserts.values() if s.resubscribe]
+    status_if_new = gateway.status_if_new() if work.upserts else "subscribed"
+    singles: list[Send] = []
+    if len(plain) == 1:
+        singles = plain
+    elif plain:
+        for start in range(0, len(plain), batch_size):
+            chunk = plain[start : start + batch_size]
+            report.calls += 1
+            try:
+                batch = gateway.batch_subscribe(
+                    [(s.email, s.merge_fields) for s in chunk], status_if_new
+                )
+            except MailchimpError as exc:
+                for s in chunk:
+                    settle(s.job_ids, outcome_of(_failed(s, exc)))
+                continue
+            for s in chunk:
+                result = batch.results.get(s.email_hash)
+                if result is None:
+                    settle(s.job_ids, Outcome(None, "missing_from_batch"))
+                elif result.exists:
+                    singles.append(s)  # an existing member: a PUT learns its status safely
+                else:
+                    settle(s.job_ids, outcome_of(result))
+    for s in singles:
+        report.calls += 1
+        settle(s.job_ids, outcome_of(gateway.upsert_member(s.email, s.merge_fields, status_if_new)))
+    for s in confirm:
+        # A new, explicit consent after an opt-out, with re-confirmation switched on: ask
+        # Mailchimp to email a confirmation. It may refuse; that ends the job suppressed.
+        report.calls += 1
+        result = gateway.upsert_member(s.email, s.merge_fields, "pending", status="pending")
+        settle(s.job_ids, outcome_of(result))
+    for s in work.updates.values():
+        report.calls += 1
+        settle(s.job_ids, outcome_of(gateway.update_member(s.email_hash, s.merge_fields)))
+    for key, job_ids in work.erases.items():
+        report.calls += 1
+        settle(job_ids, outcome_of(gateway.delete_permanent(key)))
+    return outcomes
+
+
+def _failed(s: Send, exc: MailchimpError) -> MemberResult:
+    return MemberResult(s.email_hash, ok=False, reason=exc.reason, permanent=exc.permanent)
+
+
+# --- record -----------------------------------------------------------------------------
+
+
+def backoff(attempts: int) -> timedelta:
+    base = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** max(0, attempts - 1))
+    return timedelta(seconds=base * random.uniform(0.8, 1.2))
+
+
+def record(
+    session: Session, outcomes: dict[int, Outcome], now: datetime, report: FlushReport
+) -> None:
+    window = timedelta(hours=get_settings().sync_retry_window_hours)
+    jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(list(outcomes)))).all()
+    hashes = {job.email_hash for job in jobs}
+    contacts = {
+        c.email_hash: c
+        for c in session.scalars(select(Contact).where(Contact.email_hash.in_(hashes)))
+    }
+    for job in jobs:
+        if job.state != JobState.IN_FLIGHT:
+            continue  # rescued by the sweep and finished by another flusher meanwhile
+        outcome = outcomes[job.id]
+        if outcome.state is None and now - job.created_at < window:
+            job.state = JobState.PENDING
+            job.next_attempt_at = now + backoff(job.attempts)
+            job.last_error = outcome.reason
+            report.retry += 1
+            continue
+        state = outcome.state or JobState.FAILED
+        job.state = state
+        job.finished_at = now
+        job.outcome = outcome.reason if outcome.state else f"gave_up:{outcome.reason}"[:32]
+        if state != JobState.DONE:
+            job.last_error = outcome.reason
+        if state == JobState.DONE:
+            report.done += 1
+        elif state == JobState.SUPPRESSED:
+            report.suppressed += 1
+        else:
+            report.failed += 1
+        metrics.incr("sync_members_total", outcome=str(state))
+        contact = contacts.get(job.email_hash)
+        if contact is not None and outcome.member_status:
+            _mirror(contact, outcome.member_status)
+        if job.submission_id is not None:
+            _start_retention_clock(session, job.submission_id, now, synced=state == JobState.DONE)
+
+
+def _mirror(contact: Contact, member_status: str) -> None:
+    """Mirror what Mailchimp told us. Opt-outs learned here stick; nothing undoes one.
+
+    status_changed_at is left alone on purpose: it orders webhook events, and an opt-out
+    event fired before this call must still apply when it arrives late.
+    """
+    if contact.status not in MIRRORABLE:
+        return
+    if member_status in {s.value for s in ContactStatus}:
+        contact.status = member_status
+        contact.status_source = ChangeSource.SYNC
+
+
+def _start_retention_clock(
+    session: Session, submission_id: int, now: datetime, synced: bool
+) -> None:
+    submission = session.get(Submission, submission_id)
+    if submission is None:
+        return
+    if synced and submission.synced_at is None:
+        submission.synced_at = now
+    if submission.need_until is None and submission.retain_after_sync_seconds is not None:
+        submission.need_until = now + timedelta(seconds=submission.retain_after_sync_seconds)
+
+
+# --- the flush, the sweep, failed jobs --------------------------------------------------
+
+
+def flush(limit: int | None = None) -> FlushReport:
+    """Claim, send, record. Returns counts; re-queues itself when more jobs wait."""
+    settings = get_settings()
+    limit = limit or settings.sync_batch_size
+    report = FlushReport()
+    _clear_flush_flag()
+    with session_scope() as session:
+        job_ids = claim(session, limit, utcnow())
+    report.claimed = len(job_ids)
+    if not job_ids:
+        return report
+    if len(job_ids) == limit:
+        request_flush(force=True)  # more may be waiting: let another flusher start now
+    with session_scope() as session:
+        work = plan(session, job_ids, settings.resubscribe_with_confirmation)
+    try:
+        gateway = get_gateway()
+        outcomes = send(gateway, work, settings.sync_batch_size, report)
+    except MailchimpError as exc:
+        # Could not even start (audience settings unreadable, cap wait): all back to pending.
+        outcomes = dict(work.settled)
+        for job_id in job_ids:
+            outcomes.setdefault(job_id, Outcome(None, exc.reason))
+    with session_scope() as session:
+        record(session, outcomes, utcnow(), report)
+    log.info(
+        "flush: claimed=%d done=%d suppressed=%d retry=%d failed=%d calls=%d",
+        report.claimed,
+        report.done,
+        report.suppressed,
+        report.retry,
+        report.failed,
+        report.calls,
+    )
+    return report
+
+
+@dataclass
+class SweepReport:
+    rescued: int
+    due: int
+
+
+def sweep() -> SweepReport:
+    """Put back jobs stuck in_flight (their worker died) and queue a flush for due jobs.
+
+    This is also what recovers jobs whose flush message Redis lost.
+    """
+    settings = get_settings()
+    now = utcnow()
+    stuck_before = now - timedelta(seconds=settings.sync_in_flight_timeout_seconds)
+    with session_scope() as session:
+        rescued = _rowcount(
+            session.execute(
+                update(SyncJob)
+                .where(SyncJob.state == JobState.IN_FLIGHT, SyncJob.claimed_at < stuck_before)
+                .values(state=JobState.PENDING, next_attempt_at=now)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        due = (
+            session.scalar(
+                select(func.count()).where(
+                    and_(SyncJob.state == JobState.PENDING, SyncJob.next_attempt_at <= now)
+                )
+            )
+            or 0
+        )
+    if due:
+        request_flush(force=True)
+    if rescued:
+        log.warning("sweep: %d sync jobs were stuck in flight and are pending again", rescued)
+    return SweepReport(rescued=rescued, due=due)
+
+
+def failed_jobs(session: Session, limit: int = 100) -> list[SyncJob]:
+    return list(
+        session.scalars(
+            select(SyncJob)
+            .where(SyncJob.state == JobState.FAILED)
+            .order_by(SyncJob.id)
+            .limit(limit)
+        )
+    )
+
+
+def retry_failed(session: Session, job_ids: Sequence[int] | None) -> int:
+    """Make failed jobs pending again (all of them when job_ids is None)."""
+    stmt = update(SyncJob).where(SyncJob.state == JobState.FAILED)
+    if job_ids is not None:
+        stmt = stmt.where(SyncJob.id.in_(job_ids))
+    now = utcnow()
+    result = session.execute(
+        stmt.values(
+            state=JobState.PENDING,
+            next_attempt_at=now,
+            created_at=now,  # a replayed job re-enters the outbox with a fresh retry window
+            attempts=0,
+            finished_at=None,
+            outcome=None,
+        ).execution_options(synchronize_session=False)
+    )
+    return _rowcount(result)
+
+
+def _rowcount(result: object) -> int:
+    assert isinstance(result, CursorResult)
+    return int(result.rowcount or 0)
