@@ -8,6 +8,7 @@ from worker.cli.common import run_cli
 from worker.cli.db import db
 from worker.cli.processes import beat, run, web, worker
 from worker.cli.signups import enqueue, failed
+from worker.cli.webhooks import webhook
 from worker.emulator.cli import emulator
 
 
@@ -17,7 +18,7 @@ def cli() -> None:
     """listsync: website signups to Mailchimp, opt-outs back, submissions purged on time."""
 
 
-for command in (run, worker, beat, web, db, emulator, enqueue, failed):
+for command in (run, worker, beat, web, db, emulator, enqueue, failed, webhook):
     cli.add_command(command)
 
 

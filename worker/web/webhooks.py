@@ -1,7 +1,144 @@
-"""The Mailchimp list webhook receiver."""
+"""The Mailchimp list webhook receiver: authenticate, store the raw event, answer fast.
+
+`GET /v1/mailchimp/webhook/{secret}` answers Mailchimp's URL check; `POST` takes its
+form-encoded events. Refusals are counted by reason and logged without the secret or PII,
+and the access log never shows the path's secret.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hashlib
+import hmac
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+from config import get_settings
+from worker import metrics
+from worker.optouts import inbox
+from worker.optouts.events import BadEvent
+from worker.optouts.form import FormError
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["webhook"])
+
+PREFIX = "/v1/mailchimp/webhook/"
+MAX_BODY_BYTES = 64 * 1024
+SIGNATURE_TOLERANCE_SECONDS = 300
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+class _RedactWebhookSecret(logging.Filter):
+    """Rewrites uvicorn access-log lines so the path's secret never reaches a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(
+                PREFIX + "***" if isinstance(a, str) and a.startswith(PREFIX) else a for a in args
+            )
+        return True
+
+
+def install_access_log_redaction() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactWebhookSecret) for f in logger.filters):
+        logger.addFilter(_RedactWebhookSecret())
+
+
+install_access_log_redaction()
+
+
+def secret_ok(candidate: str) -> bool:
+    """Compare with every configured secret in constant time (two during rotation)."""
+    given = candidate.encode()
+    ok = False
+    for secret in get_settings().webhook_secrets:
+        ok |= hmac.compare_digest(given, secret.get_secret_value().encode())
+    return ok
+
+
+def signature_problem(header: str | None, body: bytes, now: float | None = None) -> str | None:
+    """None when the signature is valid or none is configured, else the reason code."""
+    configured = get_settings().webhook_signing_secret
+    if configured is None:
+        return None
+    if not header:
+        return "missing_signature"
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        name, _, value = item.strip().partition("=")
+        parts.setdefault(name, []).append(value)
+    stamp = (parts.get("t") or [""])[0]
+    if not stamp.isdigit() or not parts.get("v1"):
+        return "bad_signature"
+    if abs((now if now is not None else time.time()) - int(stamp)) > SIGNATURE_TOLERANCE_SECONDS:
+        return "stale_signature"
+    key = configured.get_secret_value().encode()
+    expected = hmac.new(key, stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    if any(hmac.compare_digest(expected.encode(), v.encode()) for v in parts["v1"]):
+        return None
+    return "bad_signature"
+
+
+def _not_found() -> JSONResponse:
+    # Exactly what an unknown route answers: nothing hints that a secret was wrong.
+    return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+
+async def _refuse(status: int, reason: str, detail: str) -> JSONResponse:
+    await run_in_threadpool(metrics.incr, "webhook_rejected_total", reason=reason)
+    log.warning("webhook refused: %s (HTTP %d)", reason, status)
+    if status == 404:
+        return _not_found()
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status)
+
+
+@router.get(PREFIX + "{secret}", include_in_schema=False)
+async def check_url(secret: str) -> Response:
+    """Mailchimp's URL check when the webhook is created."""
+    if not secret_ok(secret):
+        return await _refuse(404, "unknown_secret", "")
+    return JSONResponse({"status": "ok"})
+
+
+@router.post(PREFIX + "{secret}", include_in_schema=False)
+async def receive(secret: str, request: Request) -> Response:
+    """Store one Mailchimp event and answer 200; its application happens in a worker."""
+    if not secret_ok(secret):
+        return await _refuse(404, "unknown_secret", "")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        return await _refuse(415, "content_type", f"send {FORM_TYPE}")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return await _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return await _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+    raw = bytes(body)
+    problem = signature_problem(request.headers.get("x-mailchimp-signature"), raw)
+    if problem is not None:
+        return await _refuse(401, problem, "missing, stale or invalid X-Mailchimp-Signature")
+    try:
+        receipt = await run_in_threadpool(inbox.receive, raw)
+    except FormError as exc:
+        return await _refuse(400, "malformed", str(exc))
+    except BadEvent as exc:
+        return await _refuse(400, exc.code, str(exc))
+    except SQLAlchemyError as exc:
+        log.warning("webhook: database unavailable (%s); answering 503", type(exc).__name__)
+        await run_in_threadpool(metrics.incr, "webhook_rejected_total", reason="unavailable")
+        return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+    if not receipt.created:
+        status = "duplicate"
+    else:
+        status = "ignored" if receipt.state == "ignored" else "stored"
+    return JSONResponse({"status": status})

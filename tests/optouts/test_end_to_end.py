@@ -1,0 +1,145 @@
+"""End to end: the emulator delivers webhooks over real HTTP to `listsync web` (uvicorn in a
+subprocess), a real Celery worker applies them, and reconciliation catches lost ones."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from tests.conftest import Audience
+from tests.helpers import run_listsync, wait_for
+from worker import metrics
+from worker.app import app
+from worker.cli.processes import free_port
+from worker.db import session_scope
+from worker.mailchimp import email_hash
+from worker.models import FINISHED_JOB_STATES, Contact, ContactStatus, JobState, SyncJob
+
+SECRET = "test-webhook-secret-0123456789"
+
+
+@dataclass
+class Live:
+    audience: Audience
+    base: str
+    log_path: Path
+
+    def web_log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def live(
+    audience: Audience, celery_worker: object, settings_env: dict[str, str], tmp_path: Path
+) -> Iterator[Live]:
+    """`listsync web` on a free port, registered as the audience's webhook."""
+    emu = audience.emu
+    emu.set_webhook_delivery(enabled=True, blocked_emails=[])
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "web", "--port", str(port)],
+            env={**os.environ, **settings_env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, log_path.read_text()
+            try:
+                return requests.get(base + "/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(up, timeout=30)
+        url = f"{base}/v1/mailchimp/webhook/{SECRET}"
+        registered = run_listsync("webhook", "register", "--url", url, env=settings_env)
+        assert registered.returncode == 0, registered.stderr
+        assert SECRET not in registered.stdout
+        listed = run_listsync("webhook", "list", env=settings_env)
+        assert "events=campaign,cleaned,profile,subscribe,unsubscribe,upemail" in listed.stdout
+        assert "sources=admin,user" in listed.stdout
+        yield Live(audience, base, log_path)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        emu.set_webhook_delivery(enabled=True, blocked_emails=[])
+
+
+def local_status(email: str) -> str | None:
+    with session_scope() as session:
+        return session.scalar(select(Contact.status).where(Contact.email_hash == email_hash(email)))
+
+
+def test_a_person_unsubscribing_in_mailchimp_is_unsubscribed_locally_within_seconds(
+    live: Live, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    email = "river.song@listsync-e2e.org"
+    emu, list_id = live.audience.emu, live.audience.list_id
+    emu.signup(email, merge_fields={"FNAME": "River"}, list_id=list_id)  # a hosted form
+    wait_for(lambda: local_status(email) == ContactStatus.SUBSCRIBED, timeout=20)
+    emu.unsubscribe(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.UNSUBSCRIBED, timeout=20)
+    with session_scope() as session:
+        person = session.scalars(select(Contact).where(Contact.email_hash == email_hash(email)))
+        assert person.one().merge_fields == {"FNAME": "River"}
+    for text in (live.web_log(), caplog.text):
+        assert email not in text
+        assert "river" not in text.lower()
+        assert SECRET not in text
+
+
+def test_with_webhook_delivery_off_reconcile_catches_the_unsubscribe(live: Live) -> None:
+    email = "amy.pond@listsync-e2e.org"
+    emu, list_id = live.audience.emu, live.audience.list_id
+    emu.signup(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.SUBSCRIBED, timeout=20)
+    emu.set_webhook_delivery(enabled=False)
+    emu.unsubscribe(email, list_id=list_id)
+    assert local_status(email) == ContactStatus.SUBSCRIBED
+    app.send_task("listsync.optouts.reconcile")
+    wait_for(lambda: local_status(email) == ContactStatus.UNSUBSCRIBED, timeout=30)
+    corrections = metrics.read_counters()["reconcile_corrections_total"]
+    assert sum(corrections.values()) == 1
+
+
+def test_a_new_signup_after_an_unsubscribe_does_not_resubscribe(live: Live) -> None:
+    from worker.intake import enqueue_signup
+
+    email = "clara.oswald@listsync-e2e.org"
+    emu, list_id = live.audience.emu, live.audience.list_id
+    emu.signup(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.SUBSCRIBED, timeout=20)
+    emu.unsubscribe(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.UNSUBSCRIBED, timeout=20)
+
+    enqueue_signup(email=email, form="newsletter_signup")
+
+    def settled_job() -> Any:
+        with session_scope() as session:
+            job = session.scalars(select(SyncJob).where(SyncJob.email_hash == email_hash(email)))
+            found = job.one_or_none()
+            return found if found is not None and found.state in FINISHED_JOB_STATES else None
+
+    job = wait_for(settled_job, timeout=30)
+    assert (job.state, job.outcome) == (JobState.SUPPRESSED, "opted_out:unsubscribed")
+    assert live.audience.status(email) == "unsubscribed"
+    assert local_status(email) == ContactStatus.UNSUBSCRIBED

@@ -1,0 +1,67 @@
+"""The opt-out tasks on a real worker: apply by id, and the sweep that recovers lost messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import select
+
+from tests.helpers import wait_for
+from tests.optouts.payloads import TestClient, body, post, unsubscribe
+from worker.app import app
+from worker.db import session_scope
+from worker.models import EventState, WebhookEvent, utcnow
+from worker.optouts import inbox
+from worker.optouts.events import validate_event
+from worker.optouts.form import parse_form
+
+AT = datetime(2024, 3, 1, 12, 0, 0, tzinfo=UTC)
+EMAIL = "lost.message@example.org"
+
+
+def state_of(event_id: int) -> str | None:
+    with session_scope() as session:
+        event = session.get(WebhookEvent, event_id)
+        return event.state if event else None
+
+
+def test_a_stored_event_is_applied_by_the_worker_once(
+    client: TestClient, celery_worker: object
+) -> None:
+    assert post(client, unsubscribe(EMAIL, AT)).status_code == 200
+    assert post(client, unsubscribe(EMAIL, AT)).status_code == 200
+    with session_scope() as session:
+        [event_id] = session.scalars(select(WebhookEvent.id)).all()
+    wait_for(lambda: state_of(event_id) == EventState.APPLIED)
+
+
+def test_an_event_whose_message_redis_lost_is_applied_by_the_sweep(
+    store: str, celery_worker: object
+) -> None:
+    event = validate_event(parse_form(body(unsubscribe(EMAIL, AT))), "a1b2c3d4e5")
+    with session_scope() as session:  # stored, but its apply message never reached Redis
+        receipt = inbox.store(session, event, now=utcnow() - timedelta(minutes=5))
+    assert state_of(receipt.event_id) == EventState.PENDING
+    app.send_task("listsync.optouts.sweep")
+    wait_for(lambda: state_of(receipt.event_id) == EventState.APPLIED)
+
+
+def test_redis_refusing_the_enqueue_still_answers_200_and_the_sweep_sends_it_later(
+    client: TestClient, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broker_down(*_: Any, **__: Any) -> Any:
+        raise KombuOperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(app, "send_task", broker_down)
+        assert post(client, unsubscribe(EMAIL, AT)).status_code == 200
+    with session_scope() as session:
+        [event] = session.scalars(select(WebhookEvent)).all()
+    assert event.state == EventState.PENDING
+    assert redis_client.llen("optouts") == 0
+    assert inbox.sweep() == 0  # too young: its message may still be on its way
+    assert inbox.sweep(now=utcnow() + timedelta(minutes=2)) == 1
+    assert redis_client.llen("optouts") == 1

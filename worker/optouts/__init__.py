@@ -1,0 +1,1 @@
+"""Opt-outs come home: the Mailchimp webhook inbox, event application and reconciliation."""

@@ -1,0 +1,375 @@
+"""Applying Mailchimp's changes to local contacts: one code path for webhook events and
+reconciliation. Never calls Mailchimp (no echo loops).
+
+Ordering (events arrive late and repeated):
+- an erased contact is never changed;
+- when the contact's status last came from Mailchimp (webhook, reconcile), Mailchimp's own
+  times are compared: an older event is stale; at an equal time the more restrictive status
+  wins (fired_at has one-second resolution);
+- when it last came from a local source (signup, sync, admin), whose clock Mailchimp's cannot
+  be ordered against to the second, an opt-out always applies (opt-outs happen in Mailchimp)
+  and a subscribe applies only when fired after the local change.
+Restrictiveness, most first:
+    erased > cleaned > unsubscribed > archived > pending > subscribed > new.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from config import get_settings
+from worker.mailchimp import email_hash
+from worker.models import (
+    OPTED_OUT,
+    ChangeSource,
+    Contact,
+    ContactStatus,
+    EventState,
+    Hold,
+    JobKind,
+    JobState,
+    Submission,
+    SyncJob,
+    WebhookEvent,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+RESTRICTIVENESS: dict[str, int] = {
+    ContactStatus.NEW: 0,
+    ContactStatus.SUBSCRIBED: 1,
+    ContactStatus.PENDING: 2,
+    ContactStatus.ARCHIVED: 3,
+    ContactStatus.UNSUBSCRIBED: 4,
+    ContactStatus.CLEANED: 5,
+    ContactStatus.ERASED: 6,
+}
+MAILCHIMP_SOURCES = frozenset({ChangeSource.WEBHOOK, ChangeSource.RECONCILE})
+
+
+def more_restrictive(a: str, b: str) -> bool:
+    """True when status `a` is strictly more restrictive than `b`."""
+    return RESTRICTIVENESS.get(a, 0) > RESTRICTIVENESS.get(b, 0)
+
+
+@dataclass(frozen=True)
+class Change:
+    """What Mailchimp says happened to one member, from a webhook event or a members page."""
+
+    kind: str  # status | upemail | profile | none
+    source: ChangeSource
+    fired_at: datetime
+    email: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    new_email: str | None = None
+    merges: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Result:
+    state: EventState
+    outcome: str  # short code, no PII
+    changed_status: bool = False
+
+
+def change_from_event(event: WebhookEvent) -> Change:
+    """The Change an inbox row describes (its payload was validated when stored)."""
+    payload = event.payload or {}
+    data = payload.get("data") or {}
+    raw_merges = data.get("merges")
+    merges: dict[str, Any] = raw_merges if isinstance(raw_merges, dict) else {}
+    source = ChangeSource(event.source)
+    fired_at = event.fired_at
+    email = str(data.get("email") or "").strip() or None
+    reason = str(data.get("reason") or "") or None
+    if event.type == "unsubscribe":
+        action = str(data.get("action") or "unsub")
+        return Change(
+            "status",
+            source,
+            fired_at,
+            email,
+            ContactStatus.UNSUBSCRIBED,
+            f"{action}:{reason or 'unknown'}"[:64],
+        )
+    if event.type == "cleaned":
+        return Change(
+            "status", source, fired_at, email, ContactStatus.CLEANED, f"cleaned:{reason or 'hard'}"
+        )
+    if event.type == "subscribe":
+        return Change("status", source, fired_at, email, ContactStatus.SUBSCRIBED, merges=merges)
+    if event.type == "profile":
+        return Change("profile", source, fired_at, email, merges=merges)
+    if event.type == "upemail":
+        return Change(
+            "upemail",
+            source,
+            fired_at,
+            str(data.get("old_email") or "").strip(),
+            new_email=str(data.get("new_email") or "").strip(),
+        )
+    return Change("none", source, fired_at)
+
+
+def apply_event(session: Session, event_id: int) -> Result | None:
+    """Apply one inbox event, once. None when it is gone or already settled (idempotent)."""
+    event = session.scalars(
+        select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update(skip_locked=True)
+    ).one_or_none()
+    if event is None or event.state != EventState.PENDING:
+        return None
+    if event.payload is None:  # purged before it was applied: nothing left to act on
+        result = Result(EventState.IGNORED, "payload_purged")
+    else:
+        result = apply_change(session, change_from_event(event))
+    event.state = result.state
+    event.outcome = result.outcome
+    event.applied_at = utcnow()
+    log.info("optouts: event %d %s -> %s %s", event.id, event.type, result.state, result.outcome)
+    return result
+
+
+def apply_change(session: Session, change: Change) -> Result:
+    """Apply one change to the local records (without committing)."""
+    if change.kind == "status":
+        return _apply_status(session, change)
+    if change.kind == "profile":
+        return _apply_profile(session, change)
+    if change.kind == "upemail":
+        return _apply_upemail(session, change)
+    return Result(EventState.APPLIED, "recorded")
+
+
+# --- status -----------------------------------------------------------------------------
+
+
+def _locked_contact(session: Session, key: str) -> Contact | None:
+    return session.scalars(
+        select(Contact).where(Contact.email_hash == key).with_for_update()
+    ).one_or_none()
+
+
+def _insert(session: Session) -> Any:
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def _ensure_contact(session: Session, email: str, change: Change) -> Contact:
+    """The contact for `email`, created with the event's status if we never saw them.
+
+    Creating it is what stops a later, stale signup from subscribing them again.
+    """
+    now = utcnow()
+    session.execute(
+        _insert(session)(Contact)
+        .values(
+            email=email,
+            email_hash=email_hash(email),
+            status=ContactStatus.NEW,
+            # Older than any event, so the event itself decides the status below.
+            status_changed_at=change.fired_at - timedelta(seconds=1),
+            status_source=change.source,
+            merge_fields={},
+            created_at=now,
+            updated_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["email_hash"])
+    )
+    contact = _locked_contact(session, email_hash(email))
+    assert contact is not None
+    return contact
+
+
+def _is_stale(contact: Contact, change: Change) -> bool:
+    new = str(change.status)
+    if contact.status_source in MAILCHIMP_SOURCES:
+        if change.fired_at == contact.status_changed_at:
+            return not more_restrictive(new, contact.status)
+        return change.fired_at < contact.status_changed_at
+    if new in OPTED_OUT:
+        return False
+    return change.fired_at <= contact.status_changed_at
+
+
+def _apply_status(session: Session, change: Change) -> Result:
+    if not change.email or change.status is None:
+        return Result(EventState.IGNORED, "no_email")
+    contact = _ensure_contact(session, change.email, change)
+    if contact.status == ContactStatus.ERASED:
+        return Result(EventState.IGNORED, "erased")
+    if _is_stale(contact, change):
+        return Result(EventState.IGNORED, "stale")
+    if change.status == ContactStatus.SUBSCRIBED:
+        _update_merges(contact, change.merges)
+    if contact.status == change.status:
+        if change.fired_at > contact.status_changed_at:
+            contact.status_changed_at = change.fired_at
+            contact.status_source = change.source
+            contact.status_reason = change.reason or contact.status_reason
+        return Result(EventState.APPLIED, "unchanged")
+    previous = contact.status
+    contact.status = change.status
+    contact.status_changed_at = change.fired_at
+    contact.status_source = change.source
+    contact.status_reason = change.reason
+    suppressed = 0
+    if change.status in OPTED_OUT:
+        suppressed = suppress_pending_jobs(session, contact, f"opted_out:{change.status}")
+    log.info(
+        "optouts: contact %d %s -> %s by %s (%d sync jobs suppressed)",
+        contact.id,
+        previous,
+        change.status,
+        change.source,
+        suppressed,
+    )
+    return Result(EventState.APPLIED, f"status:{change.status}", changed_status=True)
+
+
+def suppress_pending_jobs(session: Session, contact: Contact, reason: str) -> int:
+    """End the contact's pending upserts and updates as suppressed; returns how many.
+
+    Their submissions' retention clock starts now, as it does for jobs the flush suppresses.
+    """
+    now = utcnow()
+    jobs = list(
+        session.scalars(
+            select(SyncJob).where(
+                SyncJob.email_hash == contact.email_hash,
+                SyncJob.state == JobState.PENDING,
+                SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
+            )
+        )
+    )
+    for job in jobs:
+        job.state = JobState.SUPPRESSED
+        job.outcome = reason
+        job.last_error = f"{reason} (Mailchimp webhook or reconcile)"
+        job.finished_at = now
+        if job.submission_id is not None:
+            submission = session.get(Submission, job.submission_id)
+            if (
+                submission is not None
+                and submission.need_until is None
+                and submission.retain_after_sync_seconds is not None
+            ):
+                submission.need_until = now + timedelta(
+                    seconds=submission.retain_after_sync_seconds
+                )
+    return len(jobs)
+
+
+# --- profile ----------------------------------------------------------------------------
+
+
+def _update_merges(contact: Contact, merges: dict[str, Any]) -> bool:
+    """Copy the configured merge fields only; an empty value clears the local one."""
+    allowed = get_settings().merge_fields
+    fields = dict(contact.merge_fields or {})
+    for tag in allowed:
+        if tag not in merges:
+            continue
+        value = merges[tag]
+        if value in ("", None, {}):
+            fields.pop(tag, None)
+        else:
+            fields[tag] = value
+    if fields == contact.merge_fields:
+        return False
+    contact.merge_fields = fields
+    return True
+
+
+def _apply_profile(session: Session, change: Change) -> Result:
+    if not change.email:
+        return Result(EventState.IGNORED, "no_email")
+    contact = _locked_contact(session, email_hash(change.email))
+    if contact is None:
+        return Result(EventState.APPLIED, "no_contact")
+    if contact.status == ContactStatus.ERASED:
+        return Result(EventState.IGNORED, "erased")
+    changed = _update_merges(contact, change.merges)
+    return Result(EventState.APPLIED, "profile" if changed else "unchanged")
+
+
+# --- upemail ----------------------------------------------------------------------------
+
+
+def _apply_upemail(session: Session, change: Change) -> Result:
+    if not change.email or not change.new_email:
+        return Result(EventState.IGNORED, "no_email")
+    old_hash, new_hash = email_hash(change.email), email_hash(change.new_email)
+    if old_hash == new_hash:  # a change of case only: same member
+        contact = _locked_contact(session, old_hash)
+        if contact is not None and contact.status != ContactStatus.ERASED:
+            contact.email = change.new_email
+        return Result(EventState.APPLIED, "unchanged")
+    old = _locked_contact(session, old_hash)
+    new = _locked_contact(session, new_hash)
+    if old is None:
+        return Result(EventState.APPLIED, "unchanged" if new is not None else "no_contact")
+    if old.status == ContactStatus.ERASED:
+        return Result(EventState.IGNORED, "erased")
+    if new is None:
+        old.email = change.new_email
+        old.email_hash = new_hash
+        _rehash(session, old_hash, new_hash)
+        return Result(EventState.APPLIED, "email_changed")
+    _rehash(session, old_hash, new_hash)
+    _merge(session, old, new)
+    return Result(EventState.APPLIED, "email_merged")
+
+
+def _rehash(session: Session, old_hash: str, new_hash: str) -> None:
+    """Pending jobs and holds follow the person to the new address."""
+    session.execute(
+        update(SyncJob)
+        .where(SyncJob.email_hash == old_hash, SyncJob.state == JobState.PENDING)
+        .values(email_hash=new_hash)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Hold)
+        .where(Hold.email_hash == old_hash)
+        .values(email_hash=new_hash)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _merge(session: Session, old: Contact, new: Contact) -> None:
+    """Fold `old` into `new` (which already has the new address), keeping the most
+    restrictive status, then delete `old`."""
+    if more_restrictive(old.status, new.status):
+        new.status = old.status
+        new.status_changed_at = old.status_changed_at
+        new.status_source = old.status_source
+        new.status_reason = old.status_reason
+    new.merge_fields = {**(old.merge_fields or {}), **(new.merge_fields or {})}
+    if old.consent_at is not None and (new.consent_at is None or old.consent_at > new.consent_at):
+        new.consent_at = old.consent_at
+    session.execute(
+        update(Submission)
+        .where(Submission.contact_id == old.id)
+        .values(contact_id=new.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(SyncJob)
+        .where(SyncJob.contact_id == old.id)
+        .values(contact_id=new.id)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    session.delete(old)
+    session.flush()
+    if new.status in OPTED_OUT:
+        suppress_pending_jobs(session, new, f"opted_out:{new.status}")

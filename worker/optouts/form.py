@@ -1,0 +1,76 @@
+"""Mailchimp's form-encoded webhook body, with literal bracket keys such as
+`data[merges][EMAIL]`, parsed into a nested dict."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import parse_qsl
+
+MAX_FIELDS = 500
+MAX_DEPTH = 6
+MAX_KEY_CHARS = 200
+
+#: `name` followed by any number of `[part]`; parts are never empty and never nest.
+_KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]+\])*)$")
+_PART = re.compile(r"\[([^\[\]]+)\]")
+
+
+class FormError(ValueError):
+    """A body that is not a well-formed webhook form. The message names no value."""
+
+
+def _path(key: str) -> list[str]:
+    if len(key) > MAX_KEY_CHARS:
+        raise FormError(f"a field name is longer than {MAX_KEY_CHARS} characters")
+    match = _KEY.match(key)
+    if match is None:
+        raise FormError(f"malformed field name {_shown(key)}")
+    path = [match.group(1), *_PART.findall(match.group(2))]
+    if len(path) > MAX_DEPTH:
+        raise FormError(f"field {_shown(key)} nests deeper than {MAX_DEPTH} levels")
+    return path
+
+
+def _shown(key: str) -> str:
+    # Field names come from the sender; show a short, printable form of them only.
+    cleaned = "".join(c if c.isprintable() else "?" for c in key[:60])
+    return repr(cleaned)
+
+
+def parse_form(body: bytes) -> dict[str, Any]:
+    """Parse `application/x-www-form-urlencoded` bytes into nested dicts of strings.
+
+    `data[merges][FNAME]=Ann` becomes {"data": {"merges": {"FNAME": "Ann"}}}. Numeric parts
+    (`[GROUPINGS][0][name]`) stay string keys. A repeated field, a field that is both a value
+    and a group, or a malformed name raises FormError.
+    """
+    try:
+        text = body.decode("utf-8")
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise FormError("body is not UTF-8") from None
+    except ValueError:
+        raise FormError(f"more than {MAX_FIELDS} fields") from None
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        path = _path(key)
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise FormError(f"field {_shown(key)} is both a value and a group")
+            node = child
+        leaf = path[-1]
+        if leaf in node:
+            kind = "both a value and a group" if isinstance(node[leaf], dict) else "repeated"
+            raise FormError(f"field {_shown(key)} is {kind}")
+        node[leaf] = value
+    return out
