@@ -14,9 +14,10 @@ from config import get_settings
 
 _settings = get_settings()
 
-#: Redis redelivers a message unacked for this long. Every countdown we use is far shorter,
-#: and the longest task (a 500-member batch under retries) finishes well inside it.
-VISIBILITY_TIMEOUT_SECONDS = 3600
+#: Redis redelivers a message unacked for this long: it bounds how long the messages a
+#: SIGKILLed worker held wait before they come back. Every countdown we use is far shorter,
+#: and every task finishes well inside it (long purges continue in a follow-up task).
+VISIBILITY_TIMEOUT_SECONDS = 300
 
 broker_url = _settings.broker_url or "redis://127.0.0.1:6379/0"
 broker_connection_retry_on_startup = True

@@ -1,28 +1,62 @@
-"""Celery tasks for signup intake (worker/intake.py)."""
+"""Celery tasks for signup intake (worker/intake.py).
+
+`listsync.signups.receive` is a celery-batches task: the worker buffers up to
+RECEIVE_BATCH messages (or RECEIVE_WAIT seconds) and stores them in one transaction, which
+is what lets intake keep up with a burst. Each message is still one ordinary Celery message
+that any client can publish. Messages are acked only after the batch was handled.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from celery_batches import Batches, SimpleRequest
+
 from worker.app import app
-from worker.intake import RECEIVE_TASK, SignupRejected, receive
+from worker.intake import RECEIVE_TASK, masked_repr, receive_many
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BATCH = 200
+RECEIVE_WAIT = 0.05
+#: A batch the database could not take is published again after this many seconds.
+REPUBLISH_DELAY = 5
 
 
 @app.task(
     name=RECEIVE_TASK,
-    autoretry_for=(Exception,),
-    dont_autoretry_for=(SignupRejected,),
-    retry_backoff=2,
-    retry_backoff_max=300,
-    max_retries=None,
+    base=Batches,
+    flush_every=RECEIVE_BATCH,
+    flush_interval=RECEIVE_WAIT,
+    acks_late=True,
 )
-def receive_signup(message: dict[str, Any]) -> dict[str, Any]:
-    """Store one signup message. Invalid ones are recorded as rejected and acked.
+def receive_signups(requests: list[SimpleRequest]) -> None:
+    """Store a batch of signup messages; invalid ones are recorded as rejected and acked.
 
-    Any other failure (database away, a bug) is retried with backoff, never dropped.
+    If the batch cannot be stored (database away, or a bug), each message is published
+    again before this batch is acknowledged, so no signup is dropped.
     """
+    messages = [request.kwargs.get("message") for request in requests]
     try:
-        result = receive(message, channel="queue")
-    except SignupRejected:
-        return {"rejected": True}
-    return {"submission_id": result.submission_id, "created": result.created}
+        receive_many(messages, channel="queue")
+    except Exception as exc:
+        log.warning(
+            "could not store %d signups (%s); publishing them again in %ds",
+            len(messages),
+            type(exc).__name__,
+            REPUBLISH_DELAY,
+        )
+        for message in messages:
+            republish(message)
+
+
+def republish(message: Any) -> None:
+    app.send_task(
+        RECEIVE_TASK,
+        kwargs={"message": message},
+        queue="signups",
+        countdown=REPUBLISH_DELAY,
+        argsrepr="()",
+        kwargsrepr=masked_repr(message) if isinstance(message, dict) else "<message>",
+    )

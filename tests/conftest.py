@@ -199,6 +199,26 @@ def redis_client() -> Iterator[object]:
     client.close()
 
 
+def reset_batch_tasks(app: object) -> None:
+    """Forget celery-batches state left by a previous worker in this process.
+
+    A Batches task keeps its buffer and flush timer on the task object; in production one
+    process runs one worker, but tests start many, and a timer handle left by a stopped
+    worker would stop the next one from ever flushing a part-full buffer.
+    """
+    from itertools import count
+    from queue import Queue
+
+    from celery_batches import Batches
+
+    for task in app.tasks.values():  # type: ignore[attr-defined]
+        if isinstance(task, Batches):
+            task._tref = None
+            task._buffer = Queue()
+            task._pending = Queue()
+            task._count = count(1)
+
+
 @pytest.fixture
 def celery_worker(db: str, redis_client: object) -> Iterator[object]:
     """A real Celery worker (threads pool) consuming our queues from the real Redis."""
@@ -206,6 +226,7 @@ def celery_worker(db: str, redis_client: object) -> Iterator[object]:
 
     from worker.app import app
 
+    reset_batch_tasks(app)
     with start_worker(
         app,
         pool="threads",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init
 
 app = Celery("listsync")
 app.config_from_object("celeryconfig")
@@ -17,3 +17,16 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     from worker.db import dispose_engines
 
     dispose_engines()
+
+
+@worker_init.connect
+@beat_init.connect
+def _check_config_files(**_: Any) -> None:
+    # A bad forms or retention file stops the worker and beat at start, naming file and line.
+    # SystemExit, because Celery logs and swallows ordinary exceptions from signal handlers.
+    from worker.startup import ConfigFileError, check_config_files
+
+    try:
+        check_config_files()
+    except ConfigFileError as exc:
+        raise SystemExit(f"invalid configuration file: {exc}") from None

@@ -85,6 +85,11 @@ class ContactStatus(enum.StrEnum):
 OPTED_OUT = frozenset({ContactStatus.UNSUBSCRIBED, ContactStatus.CLEANED, ContactStatus.ERASED})
 
 
+class SuppressionReason(enum.StrEnum):
+    ERASED = "erased"  # an erasure request: final, never sent to Mailchimp again
+    OPTED_OUT = "opted_out"  # the purge reduced an opted-out contact to its hash
+
+
 class ChangeSource(enum.StrEnum):
     SIGNUP = "signup"
     SYNC = "sync"
@@ -195,7 +200,7 @@ class SyncJob(Base):
     )
     email_hash: Mapped[email_hash]
     submission_id: Mapped[int | None] = mapped_column(
-        ForeignKey("submission.id", ondelete="SET NULL")
+        ForeignKey("submission.id", ondelete="SET NULL"), index=True
     )
     resubscribe: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
@@ -325,6 +330,7 @@ __all__ = [
     "Submission",
     "SubmissionIP",
     "Suppression",
+    "SuppressionReason",
     "SyncJob",
     "Watermark",
     "WebhookEvent",

@@ -38,6 +38,7 @@ from worker.models import (
     JobState,
     Submission,
     Suppression,
+    SuppressionReason,
     SyncJob,
     utcnow,
 )
@@ -118,17 +119,25 @@ def _clear_flush_flag() -> None:
 
 
 def claim(session: Session, limit: int, now: datetime) -> list[int]:
-    """Move up to `limit` due pending jobs to in_flight; returns their ids."""
-    due = (
+    """Move up to `limit` due pending jobs to in_flight; returns their ids.
+
+    Two statements on purpose: PostgreSQL may re-run an `IN (SELECT ... LIMIT n FOR UPDATE
+    SKIP LOCKED)` subquery per row and so claim far more than n. The ids are locked by the
+    select; the update re-checks the state, which is what keeps two SQLite claimers (which
+    ignore FOR UPDATE, but write one at a time) from claiming the same job.
+    """
+    due = session.scalars(
         select(SyncJob.id)
         .where(SyncJob.state == JobState.PENDING, SyncJob.next_attempt_at <= now)
         .order_by(SyncJob.next_attempt_at, SyncJob.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-    )
+    ).all()
+    if not due:
+        return []
     claimed = session.scalars(
         update(SyncJob)
-        .where(SyncJob.id.in_(due.scalar_subquery()), SyncJob.state == JobState.PENDING)
+        .where(SyncJob.id.in_(due), SyncJob.state == JobState.PENDING)
         .values(state=JobState.IN_FLIGHT, claimed_at=now, attempts=SyncJob.attempts + 1)
         .returning(SyncJob.id)
         .execution_options(synchronize_session=False)
@@ -147,8 +156,12 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
         c.email_hash: c
         for c in session.scalars(select(Contact).where(Contact.email_hash.in_(hashes)))
     }
-    suppressed = set(
-        session.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes)))
+    erased = set(
+        session.scalars(
+            select(Suppression.email_hash).where(
+                Suppression.email_hash.in_(hashes), Suppression.reason == SuppressionReason.ERASED
+            )
+        )
     )
     allowed_tags = get_settings().merge_fields
     out = Plan()
@@ -157,7 +170,7 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
         if job.kind == JobKind.ERASE:
             out.erases.setdefault(job.email_hash, []).append(job.id)
             continue
-        if job.email_hash in suppressed:
+        if job.email_hash in erased:
             out.settled[job.id] = Outcome(JobState.SUPPRESSED, "suppressed_hash")
             continue
         if contact is None:

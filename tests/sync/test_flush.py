@@ -266,3 +266,50 @@ def test_invalid_queue_message_is_acked_and_recorded(
 
     reasons = wait_for(rejected, timeout=20)
     assert "email" in reasons[0]
+
+
+def test_signup_for_an_erased_address_is_never_sent(audience: Audience, db: str) -> None:
+    from worker.models import Suppression, SuppressionReason
+
+    email = "erased.person@trust.org"
+    with session_scope() as session:
+        session.add(
+            Suppression(
+                email_hash=email_hash(email),
+                reason=SuppressionReason.ERASED,
+                created_at=utcnow() - timedelta(days=1),
+            )
+        )
+    job_id = signup(email)  # a fresh signup after the erasure: stored, not sent
+    assert sync.flush().calls == 0
+    assert job(job_id).state == JobState.SUPPRESSED and job(job_id).last_error == "suppressed_hash"
+    assert audience.status(email) is None
+
+
+def test_reduced_opted_out_contact_comes_back_opted_out(
+    audience: Audience, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config import get_settings
+    from worker.models import Suppression, SuppressionReason
+
+    email = "long.gone@trust.org"
+    audience.emu.seed_member(email, "unsubscribed", list_id=audience.list_id)
+    with session_scope() as session:
+        session.add(
+            Suppression(
+                email_hash=email_hash(email),
+                reason=SuppressionReason.OPTED_OUT,
+                created_at=utcnow() - timedelta(days=3),
+            )
+        )
+    stale = signup(email, submitted_at=utcnow() - timedelta(days=5))
+    assert contact_status(email) == "unsubscribed"
+    assert sync.flush().calls == 0
+    assert job(stale).last_error == "opted_out:unsubscribed"
+    # A consent given after the reduction, with re-confirmation on, asks Mailchimp to confirm.
+    monkeypatch.setenv("LISTSYNC_RESUBSCRIBE_WITH_CONFIRMATION", "true")
+    get_settings.cache_clear()
+    fresh = signup(email)
+    sync.flush()
+    assert job(fresh).state == JobState.DONE
+    assert audience.status(email) == "pending"

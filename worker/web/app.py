@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from worker.startup import check_config_files
 from worker.web import health, signups, webhooks
 
 
 def create_app() -> FastAPI:
+    check_config_files()  # a bad forms or retention file stops the web app at start
     app = FastAPI(
         title="listsync",
         version="1",

@@ -1,0 +1,143 @@
+"""Invariant 1 under faults: a worker SIGKILLed mid-flush, Redis emptied, the call cap held."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pytest
+import redis
+from sqlalchemy import func, select, update
+
+from tests.conftest import Audience
+from tests.helpers import wait_for
+from worker import sync
+from worker.db import session_scope
+from worker.intake import build_message, enqueue_signup, receive
+from worker.models import JobState, Submission, SyncJob, utcnow
+
+
+def jobs_in(state: JobState) -> int:
+    with session_scope() as session:
+        return session.scalar(select(func.count()).where(SyncJob.state == state)) or 0
+
+
+@contextmanager
+def worker_process(env: dict[str, str], queues: str = "sync") -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` in its own process group, killed with it at the end."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-c", "1"]
+    argv += ["--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_worker_killed_mid_flush_then_every_job_completes(
+    audience: Audience, db: str, settings_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    emails = [f"killed{i}@trust.org" for i in range(30)]
+    for email in emails:
+        receive(build_message(email, "newsletter_signup"), channel="queue")
+    audience.emu.set_faults(latency_ms=3000)  # the batch call is still running when we kill
+    env = {**settings_env, "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"]}
+    with worker_process(env) as proc:
+        wait_for(lambda: jobs_in(JobState.IN_FLIGHT) == 30, timeout=60)
+        wait_for(lambda: audience.emu.counters()["in_flight"] >= 1, timeout=30)
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert jobs_in(JobState.IN_FLIGHT) == 30  # stuck: their worker is gone
+    audience.emu.reset_faults()
+    # The in-flight timeout (minutes) has passed: moved in the database, not waited for.
+    with session_scope() as session:
+        session.execute(update(SyncJob).values(claimed_at=utcnow() - timedelta(minutes=10)))
+    with worker_process(env):
+        assert sync.sweep().rescued == 30
+        wait_for(lambda: jobs_in(JobState.DONE) == 30, timeout=60)
+    assert all(audience.status(email) == "subscribed" for email in emails)
+
+
+def test_redis_emptied_with_jobs_pending_then_the_sweep_recovers_them(
+    audience: Audience, db: str, settings_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    for i in range(5):
+        receive(build_message(f"lost.message{i}@trust.org", "newsletter_signup"), channel="queue")
+    assert redis_client.llen("sync") >= 1  # a flush was queued ...
+    redis_client.flushdb()  # ... and Redis lost it
+    env = {**settings_env, "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"]}
+    with worker_process(env):
+        assert sync.sweep().due == 5
+        wait_for(lambda: jobs_in(JobState.DONE) == 5, timeout=60)
+    assert audience.status("lost.message3@trust.org") == "subscribed"
+
+
+def test_concurrent_flushers_never_exceed_the_call_cap(
+    audience: Audience, db: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    from config import get_settings
+
+    monkeypatch.setenv("LISTSYNC_MAILCHIMP_CONCURRENCY", "3")
+    get_settings.cache_clear()
+    for i in range(40):
+        receive(build_message(f"capped{i}@trust.org", "newsletter_signup"), channel="queue")
+    audience.emu.set_faults(latency_ms=50)
+    audience.emu.reset_counters()
+
+    def flusher() -> None:
+        while sync.flush(limit=1).claimed:
+            pass
+
+    threads = [threading.Thread(target=flusher) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    counters = audience.emu.counters()
+    assert jobs_in(JobState.DONE) == 40
+    assert 2 <= counters["peak_in_flight"] <= 3, counters["peak_in_flight"]
+    assert counters["limit_rejections"] == 0
+
+
+def test_queued_signups_are_stored_in_batches(
+    audience: Audience, db: str, redis_client: redis.Redis
+) -> None:
+    from celery.contrib.testing.worker import start_worker
+
+    from tests.conftest import reset_batch_tasks
+    from worker.app import app
+
+    reset_batch_tasks(app)
+    for i in range(20):
+        enqueue_signup(f"batched{i}@trust.org", "newsletter_signup")
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        queues=["signups"],
+        shutdown_timeout=30,
+    ):
+
+        def stored() -> int:
+            with session_scope() as session:
+                return session.scalar(select(func.count()).select_from(Submission)) or 0
+
+        wait_for(lambda: stored() == 20, timeout=30)
+    with session_scope() as session:
+        transactions = session.scalar(select(func.count(func.distinct(Submission.received_at))))
+    assert transactions is not None and transactions < 20
