@@ -1,1 +1,27 @@
-"""Celery tasks for retention (see worker/retention.py)."""
+"""Celery tasks for retention (worker/retention/): the scheduled purge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.app import app
+from worker.retention import purge as retention
+
+PURGE_TASK = "listsync.retention.purge"
+#: A task stops after this much work and re-queues itself, so no purge holds its message
+#: anywhere near the broker's visibility timeout (celeryconfig.VISIBILITY_TIMEOUT_SECONDS).
+TASK_TIME_BUDGET_SECONDS = 60.0
+
+
+@app.task(name=PURGE_TASK)
+def purge() -> dict[str, Any]:
+    """Delete what the retention schedule says is due (beat, daily at 03:15 UTC)."""
+    result = retention.purge(time_budget_seconds=TASK_TIME_BUDGET_SECONDS)
+    if not result.complete:
+        app.send_task(PURGE_TASK)  # after this run's commits: continue where it stopped
+    return {
+        "counts": result.counts,
+        "held_skipped": result.held_skipped,
+        "complete": result.complete,
+        "locked_out": result.locked_out,
+    }

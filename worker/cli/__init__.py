@@ -7,6 +7,8 @@ import click
 from worker.cli.common import run_cli
 from worker.cli.db import db
 from worker.cli.processes import beat, run, web, worker
+from worker.cli.retention import hold, purge, retention
+from worker.cli.rights import correct, erase, export
 from worker.cli.signups import enqueue, failed
 from worker.cli.webhooks import webhook
 from worker.emulator.cli import emulator
@@ -18,7 +20,10 @@ def cli() -> None:
     """listsync: website signups to Mailchimp, opt-outs back, submissions purged on time."""
 
 
-for command in (run, worker, beat, web, db, emulator, enqueue, failed, webhook):
+for command in (
+    *(run, worker, beat, web, db, emulator, enqueue, failed, webhook),
+    *(retention, purge, hold, export, correct, erase),
+):
     cli.add_command(command)
 
 

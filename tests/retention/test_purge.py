@@ -1,0 +1,432 @@
+"""The purge deletes each kind of record at its cutoff, never held ones, once at a time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from tests.helpers import wait_for
+from tests.retention.conftest import T0, Rows, seconds
+from worker.models import (
+    Contact,
+    ContactStatus,
+    JobState,
+    PurgeRun,
+    Submission,
+    SubmissionIP,
+    Suppression,
+    SyncJob,
+    Watermark,
+    WebhookEvent,
+)
+from worker.retention import purge as retention
+from worker.retention.schedule import get_schedule
+
+DAY = timedelta(days=1)
+EMAIL = "ada@example.com"
+
+
+def purge_at(moment: datetime, **kwargs: object) -> retention.PurgeResult:
+    with freeze_time(moment):
+        return retention.purge(**kwargs)  # type: ignore[arg-type]
+
+
+# --- cutoffs, one second either side -------------------------------------------------------
+
+
+def test_submission_is_deleted_one_second_after_need_until_and_kept_one_second_before(
+    rows: Rows,
+) -> None:
+    contact = rows.contact()
+    due_at = T0 + 90 * DAY
+    sub = rows.submission(contact, need_until=due_at, ip="192.0.2.1")
+
+    result = purge_at(due_at - seconds(1))
+    assert result.counts["submissions"] == 0
+    assert rows.exists(Submission, sub)
+
+    result = purge_at(due_at + seconds(1))
+    assert result.counts["submissions"] == 1
+    assert not rows.exists(Submission, sub)
+    assert rows.count(SubmissionIP) == 0
+
+
+def test_submission_waiting_for_its_sync_is_never_due(rows: Rows) -> None:
+    contact = rows.contact()
+    sub = rows.submission(contact, form="newsletter_signup", need_until=None)
+    purge_at(T0 + 3650 * DAY)
+    assert rows.exists(Submission, sub)
+
+
+def test_ip_is_stripped_one_second_after_its_own_retention_while_submission_stays(
+    rows: Rows,
+) -> None:
+    ip_due = T0 + get_schedule().ip_retention
+    sub = rows.submission(rows.contact(), need_until=T0 + 90 * DAY, ip="192.0.2.7")
+
+    assert purge_at(ip_due - seconds(1)).counts["ips"] == 0
+    assert rows.count(SubmissionIP) == 1
+
+    assert purge_at(ip_due + seconds(1)).counts["ips"] == 1
+    assert rows.count(SubmissionIP) == 0
+    assert rows.exists(Submission, sub)
+
+
+def test_webhook_payload_is_dropped_after_retention_keeping_the_dedupe_key(rows: Rows) -> None:
+    event = rows.event(EMAIL, T0)
+    pending = rows.event("bob@example.com", T0, state="pending")
+    due = T0 + get_schedule().webhook_payload_retention
+
+    assert purge_at(due - seconds(1)).counts["webhook_payloads"] == 0
+    assert purge_at(due + seconds(1)).counts["webhook_payloads"] == 1
+    with rows.session() as s:
+        kept = s.get(WebhookEvent, event)
+        assert kept is not None and kept.payload is None and kept.dedupe_key
+        waiting = s.get(WebhookEvent, pending)
+        assert waiting is not None and waiting.payload is not None  # not applied yet
+
+
+def test_finished_sync_jobs_go_after_their_retention_failed_ones_later(rows: Rows) -> None:
+    schedule = get_schedule()
+    done = rows.job(EMAIL, state=JobState.DONE)
+    failed = rows.job(EMAIL, state=JobState.FAILED)
+    pending = rows.job(EMAIL, state=JobState.PENDING, finished_at=None)
+
+    assert purge_at(T0 + schedule.finished_job_retention - seconds(1)).counts["sync_jobs"] == 0
+    assert purge_at(T0 + schedule.finished_job_retention + seconds(1)).counts["sync_jobs"] == 1
+    assert not rows.exists(SyncJob, done)
+    assert purge_at(T0 + schedule.failed_job_retention - seconds(1)).counts["sync_jobs"] == 0
+    assert purge_at(T0 + schedule.failed_job_retention + seconds(1)).counts["sync_jobs"] == 1
+    assert not rows.exists(SyncJob, failed)
+    assert rows.exists(SyncJob, pending)
+
+
+def test_opted_out_contact_without_submissions_is_reduced_to_a_suppression_hash(
+    rows: Rows,
+) -> None:
+    from worker.mailchimp import email_hash
+
+    gone = rows.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
+    with_sub = rows.contact("bob@example.com", status=ContactStatus.CLEANED, changed_at=T0)
+    rows.submission(with_sub, need_until=T0 + 3650 * DAY)
+    subscribed = rows.contact("cy@example.com", changed_at=T0)
+    due = T0 + get_schedule().opted_out_contact_retention
+
+    assert purge_at(due - seconds(1)).counts["contacts"] == 0
+    assert purge_at(due + seconds(1)).counts["contacts"] == 1
+    assert not rows.exists(Contact, gone)
+    assert rows.exists(Contact, with_sub) and rows.exists(Contact, subscribed)
+    with rows.session() as s:
+        suppression = s.get(Suppression, email_hash(EMAIL))
+        assert suppression is not None and suppression.reason == retention.OPTED_OUT_REASON
+
+
+def test_old_purge_audits_are_deleted_after_their_retention(rows: Rows) -> None:
+    purge_at(T0)  # writes one audit row at T0
+    due = T0 + get_schedule().purge_run_retention
+    assert purge_at(due - seconds(1)).counts["purge_runs"] == 0
+    assert purge_at(due + seconds(1)).counts["purge_runs"] == 1
+    assert rows.count(PurgeRun, PurgeRun.started_at == T0) == 0
+
+
+# --- time: daylight saving and leap days do not move a cutoff -----------------------------
+
+
+def test_period_spanning_daylight_saving_changes_is_exact_utc_days(rows: Rows) -> None:
+    # 2026-01-15 + 90 days crosses the US (8 March) and EU (29 March) clock changes.
+    sub = rows.submission(rows.contact(), form="contact_form", received_at=T0, by_schedule=True)
+    due = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
+    purge_at(due - seconds(1))
+    assert rows.exists(Submission, sub)
+    purge_at(due + seconds(1))
+    assert not rows.exists(Submission, sub)
+
+
+def test_year_long_period_across_a_leap_day_counts_the_leap_day(rows: Rows) -> None:
+    received = datetime(2028, 2, 28, 12, 0, tzinfo=UTC)  # 2028-02-29 exists
+    sub = rows.submission(rows.contact(), form="survey", received_at=received, by_schedule=True)
+    due = datetime(2029, 2, 27, 12, 0, tzinfo=UTC)  # 365 days, not "same date next year"
+    purge_at(due - seconds(1))
+    assert rows.exists(Submission, sub)
+    purge_at(due + seconds(1))
+    assert not rows.exists(Submission, sub)
+
+
+# --- holds --------------------------------------------------------------------------------
+
+
+def test_held_rows_are_kept_and_counted_as_skipped(rows: Rows) -> None:
+    contact = rows.contact(EMAIL)
+    by_submission = rows.submission(contact, need_until=T0, ip="192.0.2.1")
+    other = rows.contact("bob@example.com")
+    by_address = rows.submission(other, need_until=T0, ip="192.0.2.2")
+    free = rows.submission(rows.contact("cy@example.com"), need_until=T0)
+    rows.hold(submission_id=by_submission)
+    rows.hold(email="bob@example.com", until=T0 + 400 * DAY)
+    rows.event("bob@example.com", T0)
+
+    result = purge_at(T0 + 365 * DAY)
+    assert result.counts["submissions"] == 1
+    assert result.held_skipped == 2
+    assert rows.exists(Submission, by_submission) and rows.exists(Submission, by_address)
+    assert not rows.exists(Submission, free)
+    assert rows.count(SubmissionIP) == 2  # IPs of held submissions stay too
+    assert result.counts["webhook_payloads"] == 0
+
+
+def test_released_or_ended_hold_makes_rows_due_again(rows: Rows) -> None:
+    from worker.retention.holds import release_hold
+
+    contact = rows.contact()
+    released = rows.submission(contact, need_until=T0)
+    ended = rows.submission(contact, need_until=T0)
+    hold_id = rows.hold(submission_id=released)
+    rows.hold(submission_id=ended, until=T0 + 10 * DAY)
+
+    assert purge_at(T0 + 5 * DAY).counts["submissions"] == 0
+    with rows.session() as s:
+        assert release_hold(s, hold_id, now=T0 + 6 * DAY)
+        s.commit()
+    assert purge_at(T0 + 7 * DAY).counts["submissions"] == 1
+    assert rows.exists(Submission, ended)
+    assert purge_at(T0 + 10 * DAY + seconds(1)).counts["submissions"] == 1
+    assert rows.count(Submission) == 0
+
+
+# --- runs: audit, dry run, chunks, budget ---------------------------------------------------
+
+
+def test_dry_run_counts_the_same_rows_and_deletes_nothing(rows: Rows) -> None:
+    contact = rows.contact()
+    for _ in range(3):
+        rows.submission(contact, need_until=T0, ip="192.0.2.1")
+    rows.submission(contact, need_until=T0 + 400 * DAY)
+
+    dry = purge_at(T0 + 31 * DAY, dry_run=True)
+    assert rows.count(Submission) == 4
+    real = purge_at(T0 + 31 * DAY)
+    assert dry.counts == real.counts
+    assert dry.counts["submissions"] == 3
+    with rows.session() as s:
+        runs = s.query(PurgeRun).order_by(PurgeRun.id).all()
+        assert [r.dry_run for r in runs] == [True, False]
+        assert runs[0].counts == runs[1].counts
+
+
+def test_every_run_writes_an_audit_row_without_pii_and_a_success_watermark(
+    rows: Rows, redis_client: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+
+    assert isinstance(redis_client, redis.Redis)
+    contact = rows.contact(EMAIL, first="Ada")
+    rows.submission(contact, need_until=T0, ip="192.0.2.55")
+    caplog.set_level(logging.DEBUG)
+
+    result = purge_at(T0 + DAY)
+    with rows.session() as s:
+        run = s.get(PurgeRun, result.run_id)
+        assert run is not None
+        assert run.cutoff == T0 + DAY and run.dry_run is False
+        assert run.counts["submissions"] == 1 and run.finished_at is not None
+        assert run.duration_seconds is not None and run.error is None
+        stored = json.dumps({"counts": run.counts, "error": run.error, "held": run.held_skipped})
+        watermark = s.get(Watermark, retention.WATERMARK)
+        assert watermark is not None
+    for secret in (EMAIL, "Ada", "192.0.2.55"):
+        assert secret not in stored and secret not in caplog.text
+    counters = redis_client.hgetall("listsync:metrics:purged_rows_total")
+    assert counters[json.dumps({"kind": "submissions"}).encode()] == b"1"
+
+
+def test_small_chunks_delete_everything_chunk_by_chunk(rows: Rows) -> None:
+    contact = rows.contact()
+    for _ in range(7):
+        rows.submission(contact, need_until=T0, ip="192.0.2.1")
+    chunks: list[int] = []
+    result = purge_at(
+        T0 + DAY,
+        chunk_size=3,
+        progress=lambda kind, n: chunks.append(n) if kind == "submissions" else None,
+    )
+    assert chunks == [3, 3, 1]
+    assert result.counts["submissions"] == 7 and rows.count(Submission) == 0
+
+
+def test_time_budget_stops_after_a_chunk_and_the_next_run_continues(rows: Rows) -> None:
+    contact = rows.contact()
+    for _ in range(5):
+        rows.submission(contact, need_until=T0)
+    first = purge_at(T0 + DAY, chunk_size=2, time_budget_seconds=0)
+    assert not first.complete and first.counts["submissions"] == 2
+    with rows.session() as s:
+        assert s.get(Watermark, retention.WATERMARK) is None  # only complete runs count
+    runs = 1
+    while purge_at(T0 + DAY, chunk_size=2, time_budget_seconds=0).complete is False:
+        runs += 1
+        assert runs < 10
+    assert rows.count(Submission) == 0
+
+
+# --- concurrency and crashes -------------------------------------------------------------
+
+
+def test_two_purges_racing_one_runs_the_other_returns_at_once(rows: Rows) -> None:
+    contact = rows.contact()
+    for _ in range(4):
+        rows.submission(contact, need_until=T0)
+    in_chunk = threading.Event()
+    go_on = threading.Event()
+    results: list[retention.PurgeResult] = []
+
+    def pause(kind: str, n: int) -> None:
+        in_chunk.set()
+        assert go_on.wait(20)
+
+    first = threading.Thread(
+        target=lambda: results.append(retention.purge(now=T0 + DAY, chunk_size=2, progress=pause))
+    )
+    first.start()
+    try:
+        assert in_chunk.wait(20)
+        second = retention.purge(now=T0 + DAY)
+        assert second.locked_out and second.total == 0
+    finally:
+        go_on.set()
+        first.join(30)
+    assert results[0].counts["submissions"] == 4 and not results[0].locked_out
+    assert rows.count(Submission) == 0
+
+
+KILLED_PURGE = """
+import sys, time
+from datetime import datetime, timedelta, UTC
+from worker.retention import purge
+def stop(kind, n):
+    print("chunk", flush=True)
+    time.sleep(600)  # killed here, holding the lock, one chunk committed
+purge.purge(now=datetime.fromisoformat(sys.argv[1]), chunk_size=2, progress=stop)
+"""
+
+
+def test_purge_killed_midway_leaves_committed_chunks_and_a_rerun_finishes(
+    rows: Rows, settings_env: dict[str, str]
+) -> None:
+    contact = rows.contact()
+    for _ in range(5):
+        rows.submission(contact, need_until=T0, ip="192.0.2.1")
+    when = T0 + DAY
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_PURGE, when.isoformat()],
+        env={**os.environ, **settings_env},
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "chunk"
+        assert retention.purge(now=when).locked_out  # the lock is held meanwhile
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert rows.count(Submission) == 3  # the committed chunk stayed deleted
+    with rows.session() as s:
+        killed = s.query(PurgeRun).one()
+        assert killed.finished_at is None and killed.counts["submissions"] == 2
+
+    # The lock died with the process: the rerun goes ahead and finishes the work.
+    rerun = wait_for(lambda: (r := retention.purge(now=when)) and not r.locked_out and r, 20)
+    assert rerun.counts["submissions"] == 3
+    assert rows.count(Submission) == 0 and rows.count(SubmissionIP) == 0
+
+
+# --- the schedule is not retroactive (P8) ----------------------------------------------------
+
+
+def _switch_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, survey: str) -> None:
+    from config import get_settings
+
+    shorter = tmp_path / "retention.toml"
+    shorter.write_text(
+        f'policy_version = "2027-01"\n[forms]\ndefault = "90d"\nsurvey = "{survey}"\n',
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("LISTSYNC_RETENTION_FILE", str(shorter))
+    get_settings.cache_clear()
+    get_schedule.cache_clear()  # type: ignore[attr-defined]
+
+
+def test_schedule_change_is_not_applied_retroactively_by_the_purge(
+    rows: Rows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = rows.submission(rows.contact(), form="survey", received_at=T0, by_schedule=True)
+    _switch_schedule(tmp_path, monkeypatch, survey="10d")
+    new = rows.submission(rows.contact("bob@example.com"), form="survey", by_schedule=True)
+
+    purge_at(T0 + 11 * DAY)
+    assert rows.exists(Submission, old) and not rows.exists(Submission, new)
+    with rows.session() as s:
+        kept = s.get(Submission, old)
+        assert kept is not None and kept.policy_version == "2026-11"
+        assert kept.need_until == T0 + 365 * DAY
+
+
+def test_intake_stamps_need_date_and_policy_version_in_force_at_receipt(
+    rows: Rows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import select
+
+    from worker.db import session_scope
+    from worker.intake import ingest, validate
+
+    def signup(email: str) -> int:
+        with session_scope() as s:
+            ingest(s, validate({"email": email, "form": "survey"}, now=T0), now=T0)
+        with rows.session() as s:
+            found = s.scalar(select(Submission.id).order_by(Submission.id.desc()).limit(1))
+            assert found is not None
+            return found
+
+    old_id = signup("old@example.com")
+    _switch_schedule(tmp_path, monkeypatch, survey="10d")
+    new_id = signup("new@example.com")
+
+    with rows.session() as s:
+        old, new = s.get(Submission, old_id), s.get(Submission, new_id)
+        assert old is not None and new is not None
+        assert (old.policy_version, old.need_until) == ("2026-11", T0 + 365 * DAY)
+        assert (new.policy_version, new.need_until) == ("2027-01", T0 + 10 * DAY)
+    purge_at(T0 + 11 * DAY)
+    assert rows.exists(Submission, old_id) and not rows.exists(Submission, new_id)
+
+
+# --- the Celery task ------------------------------------------------------------------------
+
+
+def test_purge_task_on_a_real_worker_deletes_due_rows_and_records_success(
+    rows: Rows, celery_worker: object
+) -> None:
+    from tasks.retention import PURGE_TASK
+    from worker.app import app
+    from worker.models import utcnow
+
+    contact = rows.contact()
+    due = rows.submission(contact, need_until=utcnow() - DAY, ip="192.0.2.1")
+    kept = rows.submission(contact, need_until=utcnow() + DAY)
+    app.send_task(PURGE_TASK)
+    wait_for(lambda: rows.exists(Watermark, retention.WATERMARK), 30)
+    assert not rows.exists(Submission, due) and rows.exists(Submission, kept)
