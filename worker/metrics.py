@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from functools import lru_cache
 
 import redis
@@ -34,6 +35,16 @@ COUNTERS: dict[str, str] = {
 }
 
 
+#: Counters also kept in per-minute buckets, so `listsync status` can say "in the last hour".
+RECENT: frozenset[str] = frozenset({"webhook_rejected_total", "intake_rejected_total"})
+RECENT_BUCKET_SECONDS = 60
+RECENT_KEEP_SECONDS = 2 * 3600
+
+
+def _recent_key(name: str, bucket: int) -> str:
+    return f"{PREFIX}recent:{name}:{bucket}"
+
+
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
@@ -49,20 +60,44 @@ def incr(name: str, amount: float = 1, **labels: str) -> None:
         raise ValueError(f"unknown counter {name!r}")  # a programming error, not an outage
     field = json.dumps(labels, sort_keys=True)
     try:
-        _client(redis_url()).hincrbyfloat(PREFIX + name, field, amount)
+        pipe = _client(redis_url()).pipeline(transaction=False)
+        pipe.hincrbyfloat(PREFIX + name, field, amount)
+        if name in RECENT:
+            key = _recent_key(name, int(time.time()) // RECENT_BUCKET_SECONDS)
+            pipe.hincrbyfloat(key, field, amount)
+            pipe.expire(key, RECENT_KEEP_SECONDS)
+        pipe.execute()
     except redis.RedisError:
         log.warning("metrics: could not count %s (Redis unavailable)", name)
 
 
 def read_counters() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """All counters: name -> {sorted label pairs -> value}."""
-    client = _client(redis_url())
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    pipe = _client(redis_url()).pipeline(transaction=False)
     for name in COUNTERS:
-        raw = client.hgetall(PREFIX + name)
+        pipe.hgetall(PREFIX + name)
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for name, raw in zip(COUNTERS, pipe.execute(), strict=True):
         series: dict[tuple[tuple[str, str], ...], float] = {}
         for field, value in raw.items():
             labels = json.loads(field)
             series[tuple(sorted(labels.items()))] = float(value)
         out[name] = series
     return out
+
+
+def read_recent(name: str, seconds: int = 3600) -> dict[tuple[tuple[str, str], ...], float]:
+    """Counter `name` (one of RECENT) summed over the last `seconds`, to the minute."""
+    if name not in RECENT:
+        raise ValueError(f"{name!r} is not kept per minute")
+    now = int(time.time()) // RECENT_BUCKET_SECONDS
+    buckets = range(now - seconds // RECENT_BUCKET_SECONDS + 1, now + 1)
+    pipe = _client(redis_url()).pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hgetall(_recent_key(name, bucket))
+    series: dict[tuple[tuple[str, str], ...], float] = {}
+    for raw in pipe.execute():
+        for field, value in raw.items():
+            labels = tuple(sorted(json.loads(field).items()))
+            series[labels] = series.get(labels, 0.0) + float(value)
+    return series

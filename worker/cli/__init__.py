@@ -6,6 +6,7 @@ import click
 
 from worker.cli.common import run_cli
 from worker.cli.db import db
+from worker.cli.ops import flower, status
 from worker.cli.processes import beat, run, web, worker
 from worker.cli.retention import hold, purge, retention
 from worker.cli.rights import correct, erase, export
@@ -21,7 +22,7 @@ def cli() -> None:
 
 
 for command in (
-    *(run, worker, beat, web, db, emulator, enqueue, failed, webhook),
+    *(run, worker, beat, web, db, enqueue, failed, emulator, status, flower, webhook),
     *(retention, purge, hold, export, correct, erase),
 ):
     cli.add_command(command)

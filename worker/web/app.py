@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from worker.startup import check_config_files
-from worker.web import health, signups, webhooks
+from worker.web import health, metrics, signups, webhooks
 
 
 def create_app() -> FastAPI:
@@ -16,6 +16,7 @@ def create_app() -> FastAPI:
         summary="Signup intake, Mailchimp webhook receiver, health and metrics.",
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(signups.router)
     app.include_router(webhooks.router)
     return app
