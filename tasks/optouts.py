@@ -1,4 +1,4 @@
-"""Celery tasks for opt-outs (worker/optouts/): apply an inbox event, sweep, reconcile."""
+"""Celery tasks for opt-outs (worker/optouts/): apply pending inbox events, sweep, reconcile."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from worker.app import app
-from worker.db import session_scope
 from worker.mailchimp import TransientError, get_gateway
 from worker.optouts import inbox
-from worker.optouts.apply import apply_event
+from worker.optouts.apply import APPLY_BATCH, apply_pending
 from worker.optouts.reconcile import reconcile as run_reconcile
 
 log = logging.getLogger(__name__)
@@ -25,16 +24,18 @@ log = logging.getLogger(__name__)
     retry_backoff_max=60,
     max_retries=None,
 )
-def apply(event_id: int) -> dict[str, Any] | None:
-    """Apply one stored webhook event; a second delivery of the message is a no-op (None)."""
-    with session_scope() as session:
-        result = apply_event(session, int(event_id))
-    return {"event": int(event_id), "outcome": result.outcome} if result is not None else None
+def apply() -> int:
+    """Apply pending inbox events in fired_at order; queues itself again while more wait."""
+    inbox.clear_apply_request()
+    count = apply_pending()
+    if count >= APPLY_BATCH:
+        inbox.request_apply(force=True)
+    return count
 
 
 @app.task(name="listsync.optouts.sweep")
 def sweep() -> int:
-    """Re-enqueue inbox events never applied (beat, every minute)."""
+    """Queue an apply run when inbox events wait too long (beat, every minute)."""
     return inbox.sweep()
 
 

@@ -1,4 +1,4 @@
-"""The opt-out tasks on a real worker: apply by id, and the sweep that recovers lost messages."""
+"""The opt-out tasks on a real worker: apply runs, and the sweep that recovers lost messages."""
 
 from __future__ import annotations
 
@@ -65,3 +65,17 @@ def test_redis_refusing_the_enqueue_still_answers_200_and_the_sweep_sends_it_lat
     assert inbox.sweep() == 0  # too young: its message may still be on its way
     assert inbox.sweep(now=utcnow() + timedelta(minutes=2)) == 1
     assert redis_client.llen("optouts") == 1
+
+
+def test_a_burst_of_webhooks_queues_one_apply_run_and_all_are_applied(
+    client: TestClient, redis_client: Any
+) -> None:
+    for n in range(20):
+        assert post(client, unsubscribe(f"burst{n}@trust.org", AT)).status_code == 200
+    assert redis_client.llen("optouts") == 1  # one run for the whole burst
+    from worker.optouts.apply import apply_pending
+
+    assert apply_pending() == 20
+    with session_scope() as session:
+        states = set(session.scalars(select(WebhookEvent.state)))
+    assert states == {EventState.APPLIED}

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from worker.db import session_scope
 from worker.mailchimp import email_hash
 from worker.models import (
     OPTED_OUT,
@@ -53,6 +54,8 @@ RESTRICTIVENESS: dict[str, int] = {
     ContactStatus.CLEANED: 5,
     ContactStatus.ERASED: 6,
 }
+#: Events applied per task run; a run that reaches it queues another.
+APPLY_BATCH = 500
 MAILCHIMP_SOURCES = frozenset({ChangeSource.WEBHOOK, ChangeSource.RECONCILE})
 
 
@@ -137,6 +140,26 @@ def apply_event(session: Session, event_id: int) -> Result | None:
     event.applied_at = utcnow()
     log.info("optouts: event %d %s -> %s %s", event.id, event.type, result.state, result.outcome)
     return result
+
+
+def apply_pending(limit: int = APPLY_BATCH) -> int:
+    """Apply up to `limit` pending inbox events, oldest `fired_at` first, one transaction each.
+
+    Returns how many were looked at; a caller seeing `limit` should run again.
+    """
+    with session_scope() as session:
+        ids = list(
+            session.scalars(
+                select(WebhookEvent.id)
+                .where(WebhookEvent.state == EventState.PENDING)
+                .order_by(WebhookEvent.fired_at, WebhookEvent.id)
+                .limit(limit)
+            )
+        )
+    for event_id in ids:
+        with session_scope() as session:
+            apply_event(session, event_id)
+    return len(ids)
 
 
 def apply_change(session: Session, change: Change) -> Result:

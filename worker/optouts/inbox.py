@@ -1,17 +1,21 @@
-"""The webhook-event inbox: store each event once (dedupe key), then enqueue its apply task.
+"""The webhook-event inbox: store each event once (dedupe key), then nudge the applier.
 
-Storing comes first and is the only thing the webhook waits for; the apply task is sent after
-the commit and a failed send is left to the sweep, so a Redis outage never loses an event.
+Storing comes first and is the only thing the webhook waits for. After the commit the web
+process asks for an apply run (at most one is waiting at a time, so a burst of webhooks
+costs one Celery message, not one each); the run applies every pending event in `fired_at`
+order. A failed nudge is left to the sweep, so a Redis outage never loses an event.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+import redis
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -26,9 +30,11 @@ from worker.optouts.form import parse_form
 log = logging.getLogger(__name__)
 
 APPLY_TASK = "listsync.optouts.apply"
+APPLY_FLAG = "listsync:optouts:apply-requested"
+#: While this flag lives, no further apply run is queued: one is already on its way.
+APPLY_FLAG_SECONDS = 10
 #: The sweep leaves younger pending events alone: their apply message is most likely queued.
 SWEEP_GRACE = timedelta(seconds=60)
-SWEEP_LIMIT = 5000
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ def store(session: Session, event: ParsedEvent, *, now: datetime | None = None) 
 
 
 def receive(body: bytes) -> Receipt:
-    """Parse, validate and store one webhook body; enqueue its apply after the commit.
+    """Parse, validate and store one webhook body; ask for an apply run after the commit.
 
     Raises FormError or BadEvent for bad input (nothing stored) and SQLAlchemy errors when
     the database is away (the caller answers 503 so Mailchimp retries).
@@ -86,43 +92,46 @@ def receive(body: bytes) -> Receipt:
     label = event.type if event.type in KNOWN_TYPES else "unknown"
     metrics.incr("webhook_events_received_total", type=label)
     if receipt.created and receipt.state == EventState.PENDING:
-        enqueue_apply(receipt.event_id)
+        request_apply()
     return receipt
 
 
-def enqueue_apply(event_id: int) -> bool:
-    """Send the apply task; on a broker failure log it and leave the event to the sweep."""
+def request_apply(*, force: bool = False) -> bool:
+    """Queue an apply run unless one is already queued. Never raises: the sweep retries."""
     from worker.app import app
+    from worker.broker import get_redis
 
     try:
-        # retry=False: a web request must not wait out publish retries; the sweep retries.
-        app.send_task(APPLY_TASK, args=[event_id], retry=False)
+        if force or get_redis().set(APPLY_FLAG, "1", nx=True, ex=APPLY_FLAG_SECONDS):
+            # retry=False: a web request must not wait out publish retries; the sweep retries.
+            app.send_task(APPLY_TASK, retry=False)
     except Exception as exc:
-        log.warning(
-            "inbox: could not enqueue apply of event %d (%s); the sweep will",
-            event_id,
-            type(exc).__name__,
-        )
+        log.warning("inbox: could not queue an apply run (%s); the sweep will", type(exc).__name__)
         return False
     return True
 
 
+def clear_apply_request() -> None:
+    from worker.broker import get_redis
+
+    with contextlib.suppress(redis.RedisError):
+        get_redis().delete(APPLY_FLAG)
+
+
 def sweep(*, now: datetime | None = None) -> int:
-    """Re-enqueue events stored but never applied (their message was lost). Returns the count."""
+    """Queue an apply run when events wait longer than they should (their message was lost).
+
+    Returns how many such events there are.
+    """
     now = now or utcnow()
     with session_scope() as session:
-        ids = list(
-            session.scalars(
-                select(WebhookEvent.id)
-                .where(
-                    WebhookEvent.state == EventState.PENDING,
-                    WebhookEvent.received_at < now - SWEEP_GRACE,
-                )
-                .order_by(WebhookEvent.fired_at, WebhookEvent.id)
-                .limit(SWEEP_LIMIT)
+        stale = session.scalar(
+            select(func.count()).where(
+                WebhookEvent.state == EventState.PENDING,
+                WebhookEvent.received_at < now - SWEEP_GRACE,
             )
         )
-    sent = sum(1 for event_id in ids if enqueue_apply(event_id))
-    if ids:
-        log.warning("inbox sweep: %d events were never applied; re-enqueued %d", len(ids), sent)
-    return sent
+    if stale:
+        log.warning("inbox sweep: %d events were never applied; queueing an apply run", stale)
+        request_apply(force=True)
+    return int(stale or 0)
