@@ -115,6 +115,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # A task still finishing in a stopped test worker's thread may have opened an engine
+    # after its test disposed them: close those connections now, not at interpreter exit.
+    from worker.db import dispose_engines
+
+    dispose_engines()
     if _embedded_redis is not None:
         _embedded_redis.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

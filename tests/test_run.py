@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -153,11 +154,31 @@ def test_run_starts_everything_with_embedded_defaults_and_stops_cleanly(
     wait_for(lambda: requests.get(member_url, timeout=5).status_code == 200, timeout=60)
     assert requests.get(member_url, timeout=5).json()["status"] == "subscribed"
 
+    # The emulator's webhook points at this run: an unsubscribe there comes home.
+    admin = f"http://127.0.0.1:{emulator_port}/_emulator/lists/{emulator.group(3)}"
+    unsubscribe = requests.post(
+        f"{admin}/actions/unsubscribe", json={"email": "run.test@trust.org"}, timeout=5
+    )
+    assert unsubscribe.ok, unsubscribe.text
+    database = sqlite3.connect(tmp_path / "var" / "listsync.db")
+
+    def local_status() -> str:
+        row = database.execute(
+            "SELECT status FROM contact WHERE email_hash = ?", (email_hash("run.test@trust.org"),)
+        ).fetchone()
+        return str(row[0]) if row else ""
+
+    wait_for(lambda: local_status() == "unsubscribed", timeout=60)
+    database.close()
+    run_env = (tmp_path / "var" / "run.env").read_text()
+    assert f"LISTSYNC_BROKER_URL={broker.group(1)}" in run_env
+
     children = descendants(run.proc.pid)
     assert len(children) >= 5  # redis, emulator, intake, worker, beat, web (+ pool processes)
     run.proc.send_signal(signal.SIGINT)
     assert run.proc.wait(60) == 0, run.text
     assert "stopped" in run.text
+    assert not (tmp_path / "var" / "run.env").exists()
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=30)
     for port in (redis_port, emulator_port, run.web_port):
         assert not port_open(port)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
@@ -67,6 +68,9 @@ FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 def _field_value(value: Any) -> str | bool | int | float | None:
     if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
         raise ValueError(f"text may have at most {MAX_FIELD_CHARS} characters")
+    if isinstance(value, str) and ("\x00" in value or not _is_unicode(value)):
+        # JSON may carry NULs and lone surrogates; neither is text PostgreSQL or Mailchimp takes.
+        raise ValueError("text must be valid Unicode without NUL characters")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("numbers must be finite")
     if value is None or isinstance(value, str | bool | int | float):
@@ -74,14 +78,28 @@ def _field_value(value: Any) -> str | bool | int | float | None:
     raise ValueError("must be text, a number, true/false or null")
 
 
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 FieldValue = Annotated[Any, PlainValidator(_field_value)]
+#: Names shown in a rejection: anything else (an address used as a key) is not echoed.
+_SHOWN_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,64}")
+
+
+#: A consent text's version label: short, and no NUL (PostgreSQL text cannot hold one).
+VersionLabel = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00]*$")]
 
 
 class Consent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     newsletter: bool | None = None
-    text_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    text_version: VersionLabel | None = None
 
 
 class SignupMessage(BaseModel):
@@ -170,7 +188,7 @@ def validate(raw: Any, *, now: datetime | None = None) -> Signup:
         message = SignupMessage.model_validate(raw)
     except ValidationError as exc:
         problems = [
-            Problem(".".join(str(p) for p in err["loc"])[:80] or "message", err["msg"])
+            Problem(_where(err["loc"]), err["msg"])
             for err in exc.errors(include_input=False, include_url=False)
         ]
         raise SignupRejected(problems) from None
@@ -181,6 +199,12 @@ def validate(raw: Any, *, now: datetime | None = None) -> Signup:
     submitted_at = message.submitted_at or now
     if submitted_at > now + MAX_CLOCK_SKEW:
         raise SignupRejected([Problem("submitted_at", "is in the future")])
+    try:
+        submitted_at.astimezone(UTC)  # what the database stores; year 1 at +14:00 has no UTC
+    except OverflowError:
+        raise SignupRejected([Problem("submitted_at", "is out of range")]) from None
+    if message.ip is not None and getattr(message.ip, "scope_id", None):
+        raise SignupRejected([Problem("ip", "a scoped IPv6 address (with %zone) is not accepted")])
     kept = {k: v for k, v in message.fields.items() if k in form.fields}
     key_hash = email_hash(email)
     idempotency_key = message.idempotency_key or _derived_key(form.name, key_hash, submitted_at)
@@ -196,6 +220,11 @@ def validate(raw: Any, *, now: datetime | None = None) -> Signup:
         ip=str(message.ip) if message.ip is not None else None,
         idempotency_key=idempotency_key,
     )
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """The field a validation error is about; names that are not plain are not echoed."""
+    return ".".join(str(p) if _SHOWN_NAME.fullmatch(str(p)) else "…" for p in loc) or "message"
 
 
 def _derived_key(form: str, key_hash: str, submitted_at: datetime) -> str:
@@ -277,8 +306,13 @@ def _upsert_contacts(
     suppressed: dict[str, Suppression],
 ) -> dict[str, Contact]:
     first_by_hash: dict[str, Signup] = {}
-    for signup in signups:
+    merge: dict[str, dict[str, str]] = {}  # the latest value of each merge field, per person
+    consent_at: dict[str, datetime] = {}  # the latest newsletter consent, per person
+    for signup in sorted(signups, key=lambda s: s.submitted_at):
         first_by_hash.setdefault(signup.email_hash, signup)
+        merge.setdefault(signup.email_hash, {}).update(signup.merge_fields(allowed_tags))
+        if signup.newsletter_consent:
+            consent_at[signup.email_hash] = signup.submitted_at
 
     def new_contact(s: Signup) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -287,7 +321,8 @@ def _upsert_contacts(
             "status": ContactStatus.NEW,
             "status_changed_at": now,
             "status_source": ChangeSource.SIGNUP,
-            "merge_fields": {},
+            "merge_fields": merge[s.email_hash],
+            "consent_at": consent_at.get(s.email_hash),
             "created_at": now,
             "updated_at": now,
         }
@@ -311,15 +346,13 @@ def _upsert_contacts(
         c.email_hash: c
         for c in session.scalars(select(Contact).where(Contact.email_hash.in_(first_by_hash)))
     }
-    for signup in sorted(signups, key=lambda s: s.submitted_at):
-        contact = contacts[signup.email_hash]
-        merge = signup.merge_fields(allowed_tags)
-        if merge and any(contact.merge_fields.get(k) != v for k, v in merge.items()):
-            contact.merge_fields = {**contact.merge_fields, **merge}
-        if signup.newsletter_consent and (
-            contact.consent_at is None or signup.submitted_at > contact.consent_at
-        ):
-            contact.consent_at = signup.submitted_at
+    # Contacts that existed before: an UPDATE only where something changed.
+    for key, contact in contacts.items():
+        if any(contact.merge_fields.get(k) != v for k, v in merge[key].items()):
+            contact.merge_fields = {**contact.merge_fields, **merge[key]}
+        latest = consent_at.get(key)
+        if latest is not None and (contact.consent_at is None or latest > contact.consent_at):
+            contact.consent_at = latest
     return contacts
 
 

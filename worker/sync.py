@@ -287,13 +287,16 @@ def backoff(attempts: int) -> timedelta:
 def record(
     session: Session, outcomes: dict[int, Outcome], now: datetime, report: FlushReport
 ) -> None:
+    """Write each job's outcome, mirror learned statuses, start retention clocks."""
     window = timedelta(hours=get_settings().sync_retry_window_hours)
     jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(list(outcomes)))).all()
-    hashes = {job.email_hash for job in jobs}
     contacts = {
         c.email_hash: c
-        for c in session.scalars(select(Contact).where(Contact.email_hash.in_(hashes)))
+        for c in session.scalars(
+            select(Contact).where(Contact.email_hash.in_({job.email_hash for job in jobs}))
+        )
     }
+    finished: dict[int, bool] = {}  # submission id -> synced
     for job in jobs:
         if job.state != JobState.IN_FLIGHT:
             continue  # rescued by the sweep and finished by another flusher meanwhile
@@ -308,20 +311,27 @@ def record(
         job.state = state
         job.finished_at = now
         job.outcome = outcome.reason if outcome.state else f"gave_up:{outcome.reason}"[:32]
-        if state != JobState.DONE:
-            job.last_error = outcome.reason
         if state == JobState.DONE:
             report.done += 1
-        elif state == JobState.SUPPRESSED:
-            report.suppressed += 1
         else:
-            report.failed += 1
-        metrics.incr("sync_members_total", outcome=str(state))
+            job.last_error = outcome.reason
+            if state == JobState.SUPPRESSED:
+                report.suppressed += 1
+            else:
+                report.failed += 1
         contact = contacts.get(job.email_hash)
         if contact is not None and outcome.member_status:
             _mirror(contact, outcome.member_status)
         if job.submission_id is not None:
-            _start_retention_clock(session, job.submission_id, now, synced=state == JobState.DONE)
+            finished[job.submission_id] = state == JobState.DONE
+    _start_retention_clocks(session, finished, now)
+    for state, count in (
+        (JobState.DONE, report.done),
+        (JobState.SUPPRESSED, report.suppressed),
+        (JobState.FAILED, report.failed),
+    ):
+        if count:
+            metrics.incr("sync_members_total", count, outcome=str(state))
 
 
 def _mirror(contact: Contact, member_status: str) -> None:
@@ -337,16 +347,15 @@ def _mirror(contact: Contact, member_status: str) -> None:
         contact.status_source = ChangeSource.SYNC
 
 
-def _start_retention_clock(
-    session: Session, submission_id: int, now: datetime, synced: bool
-) -> None:
-    submission = session.get(Submission, submission_id)
-    if submission is None:
+def _start_retention_clocks(session: Session, finished: dict[int, bool], now: datetime) -> None:
+    """A submission kept "N days after synced" starts counting when its sync job ends."""
+    if not finished:
         return
-    if synced and submission.synced_at is None:
-        submission.synced_at = now
-    if submission.need_until is None and submission.retain_after_sync_seconds is not None:
-        submission.need_until = now + timedelta(seconds=submission.retain_after_sync_seconds)
+    for submission in session.scalars(select(Submission).where(Submission.id.in_(finished))):
+        if finished[submission.id] and submission.synced_at is None:
+            submission.synced_at = now
+        if submission.need_until is None and submission.retain_after_sync_seconds is not None:
+            submission.need_until = now + timedelta(seconds=submission.retain_after_sync_seconds)
 
 
 # --- the flush, the sweep, failed jobs --------------------------------------------------

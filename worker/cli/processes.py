@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 import click
 
@@ -242,72 +241,114 @@ def _say(line: str) -> None:
 @click.command()
 @click.option("--port", type=int, default=None, help="Web port (default LISTSYNC_WEB_PORT).")
 def run(port: int | None) -> None:
-    """Start worker, beat and web on this machine, with embedded defaults where unset."""
+    """Start intake worker, worker, beat and web here, with embedded defaults where unset."""
     settings = settings_or_exit()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     check_services(settings, broker=settings.broker_url is not None)
-    env: dict[str, Any] = dict(os.environ)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     children = Children()
+    env_file = settings.var_dir / "run.env"
+    web_port = port or settings.web_port
     with contextlib.ExitStack() as stack:
         try:
-            settings.var_dir.mkdir(parents=True, exist_ok=True)
-            if settings.database_url == Settings.model_fields["database_url"].default:
-                _say(f"database: embedded SQLite file {settings.database_url.split('///')[1]}")
-            else:
-                from worker.db import safe_url
-
-                click.echo(f"database: {safe_url(settings.database_url)}")
-            if settings.broker_url is None:
-                url = stack.enter_context(embedded_redis(settings.var_dir))
-                env["LISTSYNC_BROKER_URL"] = url
-                _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
-            else:
-                click.echo(f"broker: {redact_url(settings.broker_url)}")
-            if settings.mailchimp_api_key is None:
-                from worker.emulator.process import EmulatorProcess
-
-                emu = stack.enter_context(EmulatorProcess(lists=_given(settings.mailchimp_list_id)))
-                env["LISTSYNC_MAILCHIMP_API_KEY"] = emu.api_key
-                env["LISTSYNC_MAILCHIMP_BASE_URL"] = emu.base_url
-                env["LISTSYNC_MAILCHIMP_LIST_ID"] = emu.list_id
-                _say(
-                    f"mailchimp: EMULATOR at {emu.base_url}, audience {emu.list_id} "
-                    "(LISTSYNC_MAILCHIMP_API_KEY unset; nothing reaches real Mailchimp)"
-                )
-            else:
-                click.echo(f"mailchimp: audience {settings.mailchimp_list_id}")
-            if not settings.webhook_secrets:
-                env["LISTSYNC_WEBHOOK_SECRETS"] = secrets.token_urlsafe(24)
-                _say("webhook secret: generated for this run (LISTSYNC_WEBHOOK_SECRETS unset)")
-
+            env, emulated = _embedded_defaults(settings, stack)
             _run_migrations(env)
-            web_port = port or settings.web_port
-            # Intake on its own worker, so its batch-sized prefetch never holds other tasks.
-            children.start("intake", worker_argv("signups", 1, name="intake"), env)
-            others = "sync,optouts,maintenance"
-            children.start(
-                "worker", worker_argv(others, settings.worker_concurrency, name="worker"), env
-            )
-            children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
-            children.start("web", web_argv(settings.web_host, web_port), env)
+            _start_all(children, settings, env, web_port)
             _wait_for_web(settings.web_host, web_port, children)
+            if emulated:
+                _connect_emulator_webhook(env, settings.web_host, web_port)
+            _write_run_env(env_file, env)
             click.secho(
                 f"listsync is running: web on http://{settings.web_host}:{web_port} "
-                "(Ctrl-C stops everything)",
+                f"(Ctrl-C stops everything). In another shell: set -a; . {env_file}; set +a",
                 fg="green",
             )
             while (exited := children.first_exited()) is None:
                 time.sleep(0.5)
-            name, code = exited
-            raise ListsyncError(f"{name} exited with status {code}; stopping the rest")
+            raise ListsyncError(f"{exited[0]} exited with status {exited[1]}; stopping the rest")
         except (KeyboardInterrupt, _Stop):
             click.echo("stopping…")
         finally:
             children.stop_all()
+            env_file.unlink(missing_ok=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     click.echo("stopped")
+
+
+def _embedded_defaults(
+    settings: Settings, stack: contextlib.ExitStack
+) -> tuple[dict[str, str], bool]:
+    """The children's environment, with an embedded stand-in for each service left unset.
+
+    Says loudly which defaults it chose. Returns the environment and whether the Mailchimp
+    emulator stands in for Mailchimp.
+    """
+    env = dict(os.environ)
+    if settings.database_url == Settings.model_fields["database_url"].default:
+        _say(f"database: embedded SQLite file {settings.database_url.split('///')[1]}")
+    else:
+        from worker.db import safe_url
+
+        click.echo(f"database: {safe_url(settings.database_url)}")
+    if settings.broker_url is None:
+        env["LISTSYNC_BROKER_URL"] = url = stack.enter_context(embedded_redis(settings.var_dir))
+        _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
+    else:
+        click.echo(f"broker: {redact_url(settings.broker_url)}")
+    emulated = settings.mailchimp_api_key is None
+    if emulated:
+        from worker.emulator.process import EmulatorProcess
+
+        emu = stack.enter_context(EmulatorProcess(lists=_given(settings.mailchimp_list_id)))
+        env["LISTSYNC_MAILCHIMP_API_KEY"] = emu.api_key
+        env["LISTSYNC_MAILCHIMP_BASE_URL"] = emu.base_url
+        env["LISTSYNC_MAILCHIMP_LIST_ID"] = emu.list_id
+        _say(
+            f"mailchimp: EMULATOR at {emu.base_url}, audience {emu.list_id} "
+            "(LISTSYNC_MAILCHIMP_API_KEY unset; nothing reaches real Mailchimp)"
+        )
+    else:
+        click.echo(f"mailchimp: audience {settings.mailchimp_list_id}")
+    if not settings.webhook_secrets:
+        env["LISTSYNC_WEBHOOK_SECRETS"] = secrets.token_urlsafe(24)
+        _say("webhook secret: generated for this run (LISTSYNC_WEBHOOK_SECRETS unset)")
+    if not settings.intake_tokens:
+        env["LISTSYNC_INTAKE_TOKENS"] = secrets.token_urlsafe(24)
+        _say("intake token: generated for this run (LISTSYNC_INTAKE_TOKENS unset)")
+    return env, emulated
+
+
+def _start_all(children: Children, settings: Settings, env: dict[str, str], web_port: int) -> None:
+    # Intake on its own worker, so its batch-sized prefetch never holds other tasks.
+    children.start("intake", worker_argv("signups", 1, name="intake"), env)
+    others = "sync,optouts,maintenance"
+    children.start("worker", worker_argv(others, settings.worker_concurrency), env)
+    children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
+    children.start("web", web_argv(settings.web_host, web_port), env)
+
+
+def _connect_emulator_webhook(env: dict[str, str], host: str, port: int) -> None:
+    """Point the emulator's list webhook at our receiver, so opt-outs come home locally too."""
+    secret = env["LISTSYNC_WEBHOOK_SECRETS"].split(",")[0].strip()
+    url = f"http://{host}:{port}/v1/mailchimp/webhook/{secret}"
+    result = subprocess.run(
+        [sys.executable, "-m", "worker.cli", "webhook", "register", "--url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ListsyncError(f"could not register the emulator's webhook: {result.stderr.strip()}")
+    click.echo("webhook: the emulator delivers list events to this run's receiver")
+
+
+def _write_run_env(path: Path, env: dict[str, str]) -> None:
+    """What another shell needs to talk to this run (`set -a; . var/run.env; set +a`)."""
+    lines = [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("LISTSYNC_")]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)  # it holds this run's secrets
 
 
 def _wait_for_web(host: str, port: int, children: Children, timeout: float = 60.0) -> None:
