@@ -202,7 +202,6 @@ class SyncJob(Base):
     submission_id: Mapped[int | None] = mapped_column(
         ForeignKey("submission.id", ondelete="SET NULL"), index=True
     )
-    resubscribe: Mapped[bool] = mapped_column(Boolean, default=False)
     state: Mapped[str] = mapped_column(String(16), default=JobState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -235,21 +235,11 @@ def correct(
                 fields[field_name] = changes[tag]
         if fields != submission.fields:
             submission.fields = fields
-    job = SyncJob(
-        kind=JobKind.UPDATE,
-        contact_id=contact.id,
-        email_hash=key,
-        state=JobState.PENDING,
-        next_attempt_at=now,
-    )
-    session.add(job)
-    session.flush()
-    session.add(
-        AuditEntry(
-            action="correct",
-            subject=key,
-            detail={"fields": sorted(changes), "sync_job_id": job.id},  # names, not values
-        )
+    job = _queue_and_audit(
+        session,
+        SyncJob(kind=JobKind.UPDATE, contact_id=contact.id, email_hash=key, next_attempt_at=now),
+        "correct",
+        {"fields": sorted(changes)},  # names, not values
     )
     return job
 
@@ -327,29 +317,30 @@ def erase(
         session.add(Suppression(email_hash=key, reason=ERASED_REASON, created_at=now))
     else:
         suppression.reason = ERASED_REASON
-    job = SyncJob(
-        kind=JobKind.ERASE,
-        contact_id=None,
-        email_hash=key,
-        state=JobState.PENDING,
-        next_attempt_at=now,
+    job = _queue_and_audit(
+        session,
+        SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=now),
+        "erase",
+        {
+            "reason": reason,
+            "submissions": submissions,
+            "ips": ips,
+            "jobs_suppressed": jobs_suppressed,
+        },
     )
+    return ErasureReport(key, submissions, ips, jobs_suppressed, payloads, job.id)
+
+
+def _queue_and_audit(
+    session: Session, job: SyncJob, action: str, detail: dict[str, Any]
+) -> SyncJob:
+    """Put a job in the outbox and audit the request that made it, in the same transaction."""
     session.add(job)
     session.flush()
     session.add(
-        AuditEntry(
-            action="erase",
-            subject=key,
-            detail={
-                "reason": reason,
-                "submissions": submissions,
-                "ips": ips,
-                "jobs_suppressed": jobs_suppressed,
-                "sync_job_id": job.id,
-            },
-        )
+        AuditEntry(action=action, subject=job.email_hash, detail={**detail, "sync_job_id": job.id})
     )
-    return ErasureReport(key, submissions, ips, jobs_suppressed, payloads, job.id)
+    return job
 
 
 def _count(result: Any) -> int:

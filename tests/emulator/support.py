@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ import mailchimp_marketing
 import pytest
 from mailchimp_marketing.api_client import ApiClientError
 
+from tests import helpers
 from worker.emulator.process import EmulatorProcess
 from worker.emulator.state import subscriber_hash
 
@@ -32,14 +32,7 @@ FAST_ARGS = (
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    return helpers.wait_for(predicate, timeout=timeout, interval=0.01, what=what)
 
 
 def make_client(emu: EmulatorProcess, timeout: float = 5) -> mailchimp_marketing.Client:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.cli.common import BadInput, ListsyncError, settings_or_exit
-from worker.cli.processes import check_services
+from worker.cli.processes import check_broker, check_services
 
 LOCALHOST = "127.0.0.1"
 
@@ -123,20 +123,6 @@ def _check_basic_auth(value: str) -> None:
             raise ListsyncError("LISTSYNC_FLOWER_BASIC_AUTH: each password needs 12+ characters")
 
 
-def _check_broker(url: str) -> None:
-    """Flower needs only the broker (not the database)."""
-    import redis
-
-    from worker.cli.processes import redact_url
-
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-    except redis.RedisError as exc:
-        raise ListsyncError(
-            f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): {exc}"
-        ) from None
-
-
 def flower_argv(address: str, port: int) -> list[str]:
     # --read_only makes Flower answer 403 to every POST of its API: task apply/send/abort,
     # revoke, rate limits and worker control; so no purge or erasure can be started from it.
@@ -186,5 +172,5 @@ def flower(address: str, port: int, insecure_local: bool) -> None:
             fg="yellow",
             bold=True,
         )
-    _check_broker(settings.broker_url or "redis://127.0.0.1:6379/0")
+    check_broker(settings.broker_url or "redis://127.0.0.1:6379/0")
     os.execve(sys.executable, flower_argv(address, port), env)

@@ -60,15 +60,19 @@ def check_services(settings: Settings, *, broker: bool = True) -> None:
             f"(LISTSYNC_DATABASE_URL): {first}"
         ) from None
     if broker:
-        import redis
+        check_broker(settings.broker_url or "redis://127.0.0.1:6379/0")
 
-        url = settings.broker_url or "redis://127.0.0.1:6379/0"
-        try:
-            redis.Redis.from_url(url, socket_connect_timeout=3).ping()
-        except redis.RedisError as exc:
-            raise ListsyncError(
-                f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): {exc}"
-            ) from None
+
+def check_broker(url: str) -> None:
+    """Fail with one line naming the setting and host when Redis does not answer."""
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except redis.RedisError as exc:
+        raise ListsyncError(
+            f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): {exc}"
+        ) from None
 
 
 def redact_url(url: str) -> str:
