@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test lint audit install clean
 
 $(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+# Known-vulnerability audit of the pinned runtime dependencies. Needs PyPI's advisory
+# service, which the build machine cannot reach: run it where it can (docs/security.md).
+audit: $(STAMP)
+	$(BIN)/pip-audit --strict --progress-spinner off -r deploy/requirements.lock --no-deps --disable-pip
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)

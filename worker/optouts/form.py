@@ -14,6 +14,7 @@ MAX_KEY_CHARS = 200
 #: `name` followed by any number of `[part]`; parts are never empty and never nest.
 _KEY = re.compile(r"^([^\[\]]+)((?:\[[^\[\]]+\])*)$")
 _PART = re.compile(r"\[([^\[\]]+)\]")
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:[] ")
 
 
 class FormError(ValueError):
@@ -33,8 +34,9 @@ def _path(key: str) -> list[str]:
 
 
 def _shown(key: str) -> str:
-    # Field names come from the sender; show a short, printable form of them only.
-    cleaned = "".join(c if c.isprintable() else "?" for c in key[:60])
+    # Field names come from the sender; show a short, plain form of them only (no "@": an
+    # address sent as a field name is not echoed back).
+    cleaned = "".join(c if c in _PLAIN else "?" for c in key[:60])
     return repr(cleaned)
 
 
@@ -43,7 +45,7 @@ def parse_form(body: bytes) -> dict[str, Any]:
 
     `data[merges][FNAME]=Ann` becomes {"data": {"merges": {"FNAME": "Ann"}}}. Numeric parts
     (`[GROUPINGS][0][name]`) stay string keys. A repeated field, a field that is both a value
-    and a group, or a malformed name raises FormError.
+    and a group, a NUL character, or a malformed name raises FormError.
     """
     try:
         text = body.decode("utf-8")
@@ -61,6 +63,9 @@ def parse_form(body: bytes) -> dict[str, Any]:
         raise FormError(f"more than {MAX_FIELDS} fields") from None
     out: dict[str, Any] = {}
     for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            # Mailchimp never sends one, and PostgreSQL text cannot store one.
+            raise FormError("a field name or value contains a NUL character")
         path = _path(key)
         node = out
         for part in path[:-1]:

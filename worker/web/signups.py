@@ -28,10 +28,33 @@ class Accepted(BaseModel):
     created: bool
 
 
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """The model's JSON schema with its `$defs` inlined. Left as they are, its "#/$defs/..."
+    refs would point at the OpenAPI document's root, which has no `$defs`: clients and
+    fuzzers then cannot read the request body at all."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return walk({**defs[ref.removeprefix("#/$defs/")], **rest})
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    return dict(walk(schema))
+
+
 def _refuse(status: int, reason: str, detail: Any) -> JSONResponse:
     metrics.incr("intake_rejected_total", reason=reason)
     log.info("intake refused: %s", reason)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 413:
+        # Hang up: otherwise the server would go on reading (and dropping) the rest of the body.
+        headers = {"Connection": "close"}
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
@@ -51,7 +74,9 @@ def _token_ok(header: str | None) -> bool:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": SignupMessage.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": _inline_defs(SignupMessage.model_json_schema())}
+            },
         }
     },
     responses={
@@ -78,7 +103,7 @@ async def post_signup(request: Request) -> JSONResponse:
             return _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
     try:
         raw = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json can parse
         return _refuse(422, "malformed", [{"field": "body", "reason": "not valid JSON"}])
     try:
         result = await run_in_threadpool(receive, raw, channel="http")

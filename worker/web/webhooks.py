@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import logging
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -20,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from config import get_settings
 from worker import metrics
 from worker.optouts import inbox
-from worker.optouts.events import BadEvent
+from worker.optouts.events import KNOWN_TYPES, BadEvent
 from worker.optouts.form import FormError
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,46 @@ async def _refuse(status: int, reason: str, detail: str) -> JSONResponse:
     log.warning("webhook refused: %s (HTTP %d)", reason, status)
     if status == 404:
         return _not_found()
-    return JSONResponse({"detail": detail, "reason": reason}, status_code=status)
+    # On 413, hang up: otherwise the server would go on reading (and dropping) the rest.
+    headers = {"Connection": "close"} if status == 413 else None
+    return JSONResponse({"detail": detail, "reason": reason}, status_code=status, headers=headers)
 
 
-@router.get(PREFIX + "{secret}", include_in_schema=False)
+#: The POST body as OpenAPI sees it: flat form fields whose names carry Mailchimp's literal
+#: brackets. It documents the common fields; the receiver checks each event's own shape.
+_EMAIL = {"type": "string", "format": "email", "maxLength": 320}
+WEBHOOK_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"type": "string", "enum": sorted(KNOWN_TYPES)},
+        "fired_at": {
+            "type": "string",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
+            "description": "YYYY-MM-DD HH:MM:SS, UTC",
+        },
+        "data[list_id]": {"type": "string", "maxLength": 64},
+        "data[id]": {"type": "string", "maxLength": 64},
+        "data[email]": _EMAIL,
+        "data[old_email]": _EMAIL,
+        "data[new_email]": _EMAIL,
+        "data[action]": {"type": "string", "enum": ["unsub", "delete"]},
+        "data[reason]": {"type": "string", "maxLength": 64},
+        "data[merges][EMAIL]": _EMAIL,
+        "data[merges][FNAME]": {"type": "string"},
+    },
+    "required": ["type", "fired_at", "data[list_id]"],
+    "additionalProperties": {"type": "string"},
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "unknown secret: the same answer as an unknown route"},
+}
+
+
+@router.get(
+    PREFIX + "{secret}",
+    summary="Mailchimp's URL check",
+    responses=_RESPONSES,
+)
 async def check_url(secret: str) -> Response:
     """Mailchimp's URL check when the webhook is created."""
     if not secret_ok(secret):
@@ -107,7 +144,24 @@ async def check_url(secret: str) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-@router.post(PREFIX + "{secret}", include_in_schema=False)
+@router.post(
+    PREFIX + "{secret}",
+    summary="Receive one Mailchimp list event",
+    responses={
+        **_RESPONSES,
+        400: {"description": "malformed form or event, or another audience"},
+        401: {"description": "missing, stale or invalid X-Mailchimp-Signature (when configured)"},
+        413: {"description": f"body over {MAX_BODY_BYTES // 1024} KiB"},
+        415: {"description": f"not {FORM_TYPE}"},
+        503: {"description": "database unavailable; Mailchimp retries"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {FORM_TYPE: {"schema": WEBHOOK_FORM_SCHEMA}},
+        }
+    },
+)
 async def receive(secret: str, request: Request) -> Response:
     """Store one Mailchimp event and answer 200; its application happens in a worker."""
     if not secret_ok(secret):

@@ -1,0 +1,179 @@
+"""schemathesis against the app's own OpenAPI spec, in-process: whatever a client sends, the
+answer is never a 5xx, never a traceback, and never echoes a secret or an address it was sent."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+
+from tests.hostile.conftest import LIST_ID, SECRET, TOKEN, WEBHOOK, counts
+
+SIGNUPS = "POST /v1/signups"
+HOOK_POST = f"POST {WEBHOOK}{{secret}}"
+HOOK_GET = f"GET {WEBHOOK}{{secret}}"
+PROBES = ["GET /healthz", "GET /readyz", "GET /metrics"]
+ALL = [SIGNUPS, HOOK_POST, HOOK_GET, *PROBES]
+FORMS = ["newsletter_signup", "contact_form", "survey"]
+EXAMPLES = 40  # per operation and generation mode; the whole file stays well under a minute
+
+ADDRESS = re.compile(r"[^\s\"'<>@,;:\\()\[\]]+@[^\s\"'<>@,;:\\()\[\]]+")
+
+
+def load(app: Any) -> Any:
+    return schemathesis.openapi.from_asgi("/openapi.json", app)
+
+
+def addresses_in(value: Any) -> set[str]:
+    """Every address-looking string anywhere in a request body."""
+    if isinstance(value, dict):
+        return set().union(*(addresses_in(k) | addresses_in(v) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return set().union(*(addresses_in(v) for v in value))
+    if isinstance(value, str):
+        return {m for m in ADDRESS.findall(value) if len(m) >= 5}
+    return set()
+
+
+def assert_harmless(case: Any, response: Any) -> None:
+    text = response.text
+    assert response.status_code < 500, (case.operation.label, response.status_code, text[:300])
+    assert "Traceback" not in text and 'File "' not in text
+    assert TOKEN not in text and SECRET not in text
+    for address in addresses_in(case.body):
+        assert address not in text, (case.operation.label, response.status_code)
+
+
+def fuzz(
+    operation: Any,
+    mode: GenerationMode,
+    prepare: Any,
+    after: Any,
+) -> Counter[int]:
+    """Run one operation's cases; returns how often each status was answered."""
+    statuses: Counter[int] = Counter()
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), valid=st.booleans(), data=st.data())
+    def run(case: Any, valid: bool, data: st.DataObject) -> None:
+        headers = prepare(case, valid, data)
+        before = counts()
+        response = case.call(headers=headers)
+        assert_harmless(case, response)
+        case.validate_response(
+            response,
+            checks=[schemathesis.checks.not_a_server_error],
+            headers=headers,
+        )
+        after(case, response, before)
+        statuses[response.status_code] += 1
+
+    run()
+    return statuses
+
+
+def test_the_spec_describes_intake_webhook_and_probes(app: Any) -> None:
+    schema = load(app)
+    labels = sorted(op.ok().label for op in schema.get_all_operations())
+    assert labels == sorted(ALL)
+    # Both bodies must be usable: a dangling $ref once left the signup body undescribed.
+    hook = schema[f"{WEBHOOK}{{secret}}"]["POST"]
+    assert [b.media_type for b in hook.body] == ["application/x-www-form-urlencoded"]
+    assert [b.media_type for b in schema["/v1/signups"]["POST"].body] == ["application/json"]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_signup_intake_never_fails_or_leaks_and_refusals_write_nothing(
+    app: Any, mode: GenerationMode
+) -> None:
+    def prepare(case: Any, valid: bool, data: st.DataObject) -> dict[str, str]:
+        if valid and isinstance(case.body, dict) and data.draw(st.booleans()):
+            # Half of the authorized bodies name a real form and address: they reach storage.
+            case.body["form"] = data.draw(st.sampled_from(FORMS))
+            case.body["email"] = data.draw(st.emails())
+        return {"Authorization": f"Bearer {TOKEN if valid else TOKEN[:-1]}"}
+
+    def after(case: Any, response: Any, before: dict[str, int]) -> None:
+        now = counts()
+        if response.status_code == 202:
+            assert set(response.json()) == {"submission_id", "created"}
+            return
+        assert response.status_code in {401, 413, 415, 422}
+        grew = {k for k in now if now[k] != before[k]}
+        # A refusal writes at most its own rejection record, never a partial signup.
+        assert grew <= {"rejected_signup"}
+        if response.status_code == 401:
+            assert grew == set()
+
+    statuses = fuzz(load(app)["/v1/signups"]["POST"], mode, prepare, after)
+    assert statuses[401] and statuses[422]  # both doors were tried
+    if mode == GenerationMode.POSITIVE:
+        assert statuses[202]  # and valid signups got through to storage
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_webhook_never_fails_or_leaks_and_refusals_store_nothing(
+    app: Any, mode: GenerationMode
+) -> None:
+    def prepare(case: Any, valid: bool, data: st.DataObject) -> dict[str, str]:
+        if valid:
+            case.path_parameters = {"secret": SECRET}
+            if isinstance(case.body, dict) and data.draw(st.booleans()):
+                # Half of the authorized bodies carry our audience and a real time: they reach
+                # validation of the event itself and storage, not just the first checks.
+                case.body["data[list_id]"] = LIST_ID
+                when = data.draw(st.datetimes(min_value=datetime(2000, 1, 1)))
+                case.body["fired_at"] = when.strftime("%Y-%m-%d %H:%M:%S")
+        return {}
+
+    def after(case: Any, response: Any, before: dict[str, int]) -> None:
+        now = counts()
+        if response.status_code == 200:
+            assert response.json()["status"] in {"stored", "duplicate", "ignored"}
+        else:
+            assert response.status_code in {400, 404, 413, 415}
+            assert now == before
+        if response.status_code == 404:
+            assert response.json() == {"detail": "Not Found"}
+
+    statuses = fuzz(load(app)[f"{WEBHOOK}{{secret}}"]["POST"], mode, prepare, after)
+    assert statuses[404] and statuses[400]
+    if mode == GenerationMode.POSITIVE:
+        assert statuses[200]
+
+
+def test_webhook_url_check_answers_200_or_a_plain_404(app: Any) -> None:
+    def prepare(case: Any, valid: bool, data: st.DataObject) -> dict[str, str]:
+        if valid:
+            case.path_parameters = {"secret": SECRET}
+        return {}
+
+    def after(case: Any, response: Any, before: dict[str, int]) -> None:
+        expected = 200 if case.path_parameters["secret"] == SECRET else 404
+        assert response.status_code == expected
+        assert counts() == before
+
+    fuzz(load(app)[f"{WEBHOOK}{{secret}}"]["GET"], GenerationMode.POSITIVE, prepare, after)
+
+
+@pytest.mark.parametrize("label", PROBES)
+def test_health_and_metrics_answer_without_leaking(app: Any, label: str) -> None:
+    method, path = label.split(" ")
+
+    def after(case: Any, response: Any, before: dict[str, int]) -> None:
+        assert response.status_code == 200
+
+    fuzz(load(app)[path][method], GenerationMode.POSITIVE, lambda case, valid, data: {}, after)
