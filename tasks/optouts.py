@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
     autoretry_for=(OperationalError,),
     retry_backoff=1,
     retry_backoff_max=60,
-    max_retries=None,
+    max_retries=10,  # then the sweep, which re-queues runs for waiting events, takes over
 )
 def apply() -> int:
     """Apply pending inbox events in fired_at order; queues itself again while more wait."""

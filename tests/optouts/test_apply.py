@@ -322,3 +322,92 @@ def test_applying_never_calls_mailchimp(monkeypatch: pytest.MonkeyPatch) -> None
         cleaned(NEW_EMAIL, T0 + timedelta(seconds=5)),
     ):
         assert apply(deliver(fields))[0] == EventState.APPLIED
+
+
+# --- erased people stay erased; IPs are not kept; one bad event blocks nothing ------------
+
+
+def erased(email: str = EMAIL) -> None:
+    """What `listsync erase` leaves behind: no contact, only the suppression hash."""
+    from worker.models import Suppression, SuppressionReason
+
+    with session_scope() as session:
+        session.add(
+            Suppression(
+                email_hash=email_hash(email), reason=SuppressionReason.ERASED, created_at=T0
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        unsubscribe(EMAIL, T0 + timedelta(minutes=5), action="delete"),
+        cleaned(EMAIL, T0 + timedelta(minutes=5)),
+        subscribe(EMAIL, T0 + timedelta(minutes=5), FNAME="Zoë"),
+    ],
+    ids=["unsubscribe", "cleaned", "subscribe"],
+)
+def test_a_late_event_for_an_erased_address_does_not_bring_the_contact_back(
+    event: Fields,
+) -> None:
+    erased()
+    assert apply(deliver(event)) == (EventState.IGNORED, "erased")
+    assert contact() is None
+
+
+def test_an_email_change_onto_an_erased_address_changes_nothing() -> None:
+    signed_up()
+    erased(NEW_EMAIL)
+    assert apply(deliver(upemail(EMAIL, NEW_EMAIL, T0 + timedelta(minutes=5)))) == (
+        EventState.IGNORED,
+        "erased",
+    )
+    assert contact() is not None and contact(NEW_EMAIL) is None
+
+
+def test_the_ips_mailchimp_echoes_are_not_stored() -> None:
+    receipt = deliver(subscribe(EMAIL, T0 + timedelta(minutes=5)))
+    with session_scope() as session:
+        event = session.get(WebhookEvent, receipt.event_id)
+        assert event is not None and event.payload is not None
+        assert "10.20.10.30" not in str(event.payload)
+        assert event.payload["data"]["email"] == EMAIL
+
+
+def test_an_event_that_fails_to_apply_is_parked_and_later_events_still_apply() -> None:
+    from worker.optouts.apply import apply_pending
+
+    signed_up()
+    with session_scope() as session:
+        # A row no current receiver would store (say, from an older version): `data` is a list.
+        session.add(
+            WebhookEvent(
+                dedupe_key="broken-row",
+                type="unsubscribe",
+                source=ChangeSource.WEBHOOK,
+                fired_at=T0 + timedelta(minutes=1),
+                email_hash=email_hash(EMAIL),
+                payload={"type": "unsubscribe", "data": ["not", "a", "group"]},
+            )
+        )
+    good = deliver(unsubscribe(EMAIL, T0 + timedelta(minutes=5)))
+    assert apply_pending() == 2
+    with session_scope() as session:
+        broken = session.scalars(
+            select(WebhookEvent).where(WebhookEvent.dedupe_key == "broken-row")
+        ).one()
+        assert (broken.state, broken.outcome) == (EventState.FAILED, "error:AttributeError")
+        later = session.get(WebhookEvent, good.event_id)
+        assert later is not None and later.state == EventState.APPLIED
+    person = contact()
+    assert person is not None and person.status == ContactStatus.UNSUBSCRIBED
+
+
+def test_a_reason_longer_than_the_column_is_cut_not_fatal() -> None:
+    signed_up()
+    long_reason = "x" * 64  # the receiver allows 64 characters; "cleaned:" makes it 72
+    event = [(k, long_reason if k == "data[reason]" else v) for k, v in cleaned(EMAIL, T0)]
+    assert apply(deliver(event)) == (EventState.APPLIED, "status:cleaned")
+    person = contact()
+    assert person is not None and person.status_reason == ("cleaned:" + long_reason)[:64]

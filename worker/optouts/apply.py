@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -38,6 +39,8 @@ from worker.models import (
     JobKind,
     JobState,
     Submission,
+    Suppression,
+    SuppressionReason,
     SyncJob,
     WebhookEvent,
     utcnow,
@@ -107,7 +110,12 @@ def change_from_event(event: WebhookEvent) -> Change:
         )
     if event.type == "cleaned":
         return Change(
-            "status", source, fired_at, email, ContactStatus.CLEANED, f"cleaned:{reason or 'hard'}"
+            "status",
+            source,
+            fired_at,
+            email,
+            ContactStatus.CLEANED,
+            f"cleaned:{reason or 'hard'}"[:64],
         )
     if event.type == "subscribe":
         return Change("status", source, fired_at, email, ContactStatus.SUBSCRIBED, merges=merges)
@@ -157,9 +165,38 @@ def apply_pending(limit: int = APPLY_BATCH) -> int:
             )
         )
     for event_id in ids:
-        with session_scope() as session:
-            apply_event(session, event_id)
+        try:
+            with session_scope() as session:
+                apply_event(session, event_id)
+        except OperationalError:
+            raise  # the database is away: the task retries the whole run
+        except Exception as exc:
+            # One bad event must not hold back every later one: park it, visibly, for a
+            # human (listsync status counts failed events). The type only: texts carry PII.
+            log.error("optouts: event %d failed (%s)", event_id, type(exc).__name__)
+            _mark_failed(event_id, type(exc).__name__)
     return len(ids)
+
+
+def _mark_failed(event_id: int, reason: str) -> None:
+    with session_scope() as session:
+        session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == event_id, WebhookEvent.state == EventState.PENDING)
+            .values(state=EventState.FAILED, outcome=f"error:{reason}"[:64], applied_at=utcnow())
+        )
+
+
+def is_erased(session: Session, key: str) -> bool:
+    """True when the address behind `key` was erased: nothing may be stored for it again."""
+    return (
+        session.scalar(
+            select(Suppression.email_hash).where(
+                Suppression.email_hash == key, Suppression.reason == SuppressionReason.ERASED
+            )
+        )
+        is not None
+    )
 
 
 def apply_change(session: Session, change: Change) -> Result:
@@ -226,6 +263,9 @@ def _is_stale(contact: Contact, change: Change) -> bool:
 def _apply_status(session: Session, change: Change) -> Result:
     if not change.email or change.status is None:
         return Result(EventState.IGNORED, "no_email")
+    if is_erased(session, email_hash(change.email)):
+        # A late webhook or a reconcile page must not bring an erased person back.
+        return Result(EventState.IGNORED, "erased")
     contact = _ensure_contact(session, change.email, change)
     if contact.status == ContactStatus.ERASED:
         return Result(EventState.IGNORED, "erased")
@@ -331,6 +371,8 @@ def _apply_upemail(session: Session, change: Change) -> Result:
     if not change.email or not change.new_email:
         return Result(EventState.IGNORED, "no_email")
     old_hash, new_hash = email_hash(change.email), email_hash(change.new_email)
+    if is_erased(session, new_hash):
+        return Result(EventState.IGNORED, "erased")
     if old_hash == new_hash:  # a change of case only: same member
         contact = _locked_contact(session, old_hash)
         if contact is not None and contact.status != ContactStatus.ERASED:

@@ -16,6 +16,8 @@ UNSUB_ACTIONS = frozenset({"unsub", "delete"})
 MAX_EMAIL_CHARS = 320
 MAX_SHORT_CHARS = 64
 FIRED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: Fields never stored: the IPs Mailchimp echoes back (P4: no IP kept beside an address).
+UNSTORED_DATA_FIELDS = frozenset({"ip_opt", "ip_signup"})
 
 
 class BadEvent(ValueError):
@@ -118,7 +120,8 @@ def validate_event(form: dict[str, Any], expected_list_id: str | None) -> Parsed
     else:
         # An unknown shape: the whole body decides what counts as the same delivery.
         key = dedupe_key("unknown", repr(sorted(_flatten(form))))
-    return ParsedEvent(kind, fired_at, list_id, key_hash, key, form)
+    payload = {**form, "data": {k: v for k, v in data.items() if k not in UNSTORED_DATA_FIELDS}}
+    return ParsedEvent(kind, fired_at, list_id, key_hash, key, payload)
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
