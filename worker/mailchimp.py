@@ -278,6 +278,8 @@ class Gateway:
         )
         if settings.mailchimp_base_url:
             self.client.api_client.host = settings.mailchimp_base_url.rstrip("/")
+            # The SDK replaces every "server" in the URL by this; an override is final.
+            self.client.api_client.server = ""
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=16, max_retries=0)
         self.session.mount("http://", adapter)
@@ -295,6 +297,15 @@ class Gateway:
     # -- the one place a call is made ----------------------------------------------------
 
     def _call_once(self, endpoint: str, fn: Callable[[], T]) -> T:
+        try:
+            return self._call_in_slot(endpoint, fn)
+        except redis.RedisError:
+            # No shared cap without Redis: wait for it rather than risk the account's limit.
+            # (Should the release fail after a call went through, repeating it is harmless:
+            # every call listsync makes is idempotent.)
+            raise TransientError("call_cap_unavailable") from None
+
+    def _call_in_slot(self, endpoint: str, fn: Callable[[], T]) -> T:
         with self.slots.slot() as keep_slot:
             try:
                 result = fn()
@@ -403,6 +414,8 @@ class Gateway:
         data = self.call(
             "lists.batch", lambda: self.client.lists.batch_list_members(self.list_id, body)
         )
+        if not isinstance(data, dict):  # a 2xx without a JSON body: nothing learned
+            raise TransientError("batch_no_body")
         out = BatchResult()
         for member in list(data.get("new_members") or []) + list(data.get("updated_members") or []):
             key = email_hash(str(member.get("email_address", "")))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -49,6 +50,9 @@ FLUSH_TASK = "listsync.sync.flush"
 FLUSH_FLAG = "listsync:sync:flush-requested"
 #: While this flag lives, intake does not queue another flush: one is already on its way.
 FLUSH_FLAG_SECONDS = 10
+#: A flush stops making calls after this long (or half the in-flight timeout, if less) and
+#: hands the rest back to pending, so the sweep never rescues jobs still being worked.
+FLUSH_BUDGET_SECONDS = 60.0
 #: Retry waits after transient failures: 30 s doubling to at most 30 min, with jitter.
 BACKOFF_FIRST_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 1800.0
@@ -84,6 +88,8 @@ class Send:
     merge_fields: dict[str, str]
     job_ids: list[int] = field(default_factory=list)
     resubscribe: bool = False
+    #: Never synced (local status `new`): may go into a batch subscribe.
+    is_new: bool = True
 
 
 @dataclass
@@ -194,7 +200,10 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
             if not resubscribe:
                 out.settled[job.id] = Outcome(JobState.SUPPRESSED, f"opted_out:{contact.status}")
                 continue
-        send = out.upserts.setdefault(job.email_hash, Send(job.email_hash, contact.email, merge))
+        send = out.upserts.setdefault(
+            job.email_hash,
+            Send(job.email_hash, contact.email, merge, is_new=contact.status == ContactStatus.NEW),
+        )
         send.resubscribe = send.resubscribe or resubscribe
         send.job_ids.append(job.id)
     return out
@@ -220,23 +229,60 @@ def outcome_of(result: MemberResult) -> Outcome:
     return Outcome(JobState.FAILED, reason)
 
 
-def send(gateway: Gateway, work: Plan, batch_size: int, report: FlushReport) -> dict[int, Outcome]:
-    """Make the calls the plan asks for; returns an outcome per job id."""
-    outcomes: dict[int, Outcome] = dict(work.settled)
+def send(
+    gateway: Gateway,
+    work: Plan,
+    batch_size: int,
+    report: FlushReport,
+    outcomes: dict[int, Outcome] | None = None,
+) -> dict[int, Outcome]:
+    """Make the calls the plan asks for; returns an outcome per job id.
+
+    Outcomes go into `outcomes` as each call returns, so that a caller catching an
+    unexpected error midway still records what the calls made so far achieved.
+    """
+    if outcomes is None:
+        outcomes = {}
+    outcomes.update(work.settled)
+
+    started = time.monotonic()
+    budget = min(FLUSH_BUDGET_SECONDS, get_settings().sync_in_flight_timeout_seconds / 2)
+    outage: str | None = None  # set by the first transient failure: defer the rest
 
     def settle(job_ids: Iterable[int], outcome: Outcome) -> None:
+        nonlocal outage
         for job_id in job_ids:
             outcomes[job_id] = outcome
+        if outcome.state is None and outage is None:
+            outage = outcome.reason
 
-    plain = [s for s in work.upserts.values() if not s.resubscribe]
+    def deferred(job_ids: Iterable[int]) -> bool:
+        """True (and the jobs back to pending) when this flush should make no more calls:
+        Mailchimp just failed transiently, or the flush ran past its budget. Without this
+        a flush of 500 single PUTs against a slow Mailchimp would run for hours."""
+        reason = outage
+        if reason is None and time.monotonic() - started > budget:
+            reason = "flush_budget"
+        if reason is None:
+            return False
+        for job_id in job_ids:
+            outcomes[job_id] = Outcome(None, reason)
+        return True
+
+    # Only members we never synced go into a batch (whose `status` applies to members it
+    # creates): one Mailchimp already knows gets a PUT with `status_if_new` only, so no
+    # call ever sends `status` for an existing member, whatever the batch API does.
+    plain = [s for s in work.upserts.values() if not s.resubscribe and s.is_new]
+    singles = [s for s in work.upserts.values() if not s.resubscribe and not s.is_new]
     confirm = [s for s in work.upserts.values() if s.resubscribe]
     status_if_new = gateway.status_if_new() if work.upserts else "subscribed"
-    singles: list[Send] = []
     if len(plain) == 1:
-        singles = plain
+        singles += plain
     elif plain:
         for start in range(0, len(plain), batch_size):
             chunk = plain[start : start + batch_size]
+            if deferred(j for s in chunk for j in s.job_ids):
+                continue
             report.calls += 1
             try:
                 batch = gateway.batch_subscribe(
@@ -248,27 +294,32 @@ def send(gateway: Gateway, work: Plan, batch_size: int, report: FlushReport) -> 
                 continue
             for s in chunk:
                 result = batch.results.get(s.email_hash)
-                if result is None:
-                    settle(s.job_ids, Outcome(None, "missing_from_batch"))
-                elif result.exists:
-                    singles.append(s)  # an existing member: a PUT learns its status safely
+                if result is None or result.exists:
+                    # An existing member, or one the batch said nothing about: a PUT with
+                    # status_if_new learns its status safely.
+                    singles.append(s)
                 else:
                     settle(s.job_ids, outcome_of(result))
     for s in singles:
-        report.calls += 1
-        settle(s.job_ids, outcome_of(gateway.upsert_member(s.email, s.merge_fields, status_if_new)))
+        if not deferred(s.job_ids):
+            report.calls += 1
+            result = gateway.upsert_member(s.email, s.merge_fields, status_if_new)
+            settle(s.job_ids, outcome_of(result))
     for s in confirm:
         # A new, explicit consent after an opt-out, with re-confirmation switched on: ask
         # Mailchimp to email a confirmation. It may refuse; that ends the job suppressed.
-        report.calls += 1
-        result = gateway.upsert_member(s.email, s.merge_fields, "pending", status="pending")
-        settle(s.job_ids, outcome_of(result))
+        if not deferred(s.job_ids):
+            report.calls += 1
+            result = gateway.upsert_member(s.email, s.merge_fields, "pending", status="pending")
+            settle(s.job_ids, outcome_of(result))
     for s in work.updates.values():
-        report.calls += 1
-        settle(s.job_ids, outcome_of(gateway.update_member(s.email_hash, s.merge_fields)))
+        if not deferred(s.job_ids):
+            report.calls += 1
+            settle(s.job_ids, outcome_of(gateway.update_member(s.email_hash, s.merge_fields)))
     for key, job_ids in work.erases.items():
-        report.calls += 1
-        settle(job_ids, outcome_of(gateway.delete_permanent(key)))
+        if not deferred(job_ids):
+            report.calls += 1
+            settle(job_ids, outcome_of(gateway.delete_permanent(key)))
     return outcomes
 
 
@@ -310,7 +361,9 @@ def record(
         state = outcome.state or JobState.FAILED
         job.state = state
         job.finished_at = now
-        job.outcome = outcome.reason if outcome.state else f"gave_up:{outcome.reason}"[:32]
+        # The column holds 32 characters; a longer code (a schema error's field name) must
+        # not fail the whole batch's record on PostgreSQL.
+        job.outcome = (outcome.reason if outcome.state else f"gave_up:{outcome.reason}")[:32]
         if state == JobState.DONE:
             report.done += 1
         else:
@@ -376,14 +429,20 @@ def flush(limit: int | None = None) -> FlushReport:
         request_flush(force=True)  # more may be waiting: let another flusher start now
     with session_scope() as session:
         work = plan(session, job_ids, settings.resubscribe_with_confirmation)
+    outcomes: dict[int, Outcome] = {}
     try:
-        gateway = get_gateway()
-        outcomes = send(gateway, work, settings.sync_batch_size, report)
+        send(get_gateway(), work, settings.sync_batch_size, report, outcomes)
     except MailchimpError as exc:
-        # Could not even start (audience settings unreadable, cap wait): all back to pending.
-        outcomes = dict(work.settled)
+        # Could not go on (audience settings unreadable, cap wait): the rest back to pending.
         for job_id in job_ids:
             outcomes.setdefault(job_id, Outcome(None, exc.reason))
+    except Exception as exc:
+        # Anything else (a bug, Redis away mid-flush) must not leave the claimed jobs in
+        # flight for the sweep's timeout: record what was done, retry the rest. The type
+        # only: exception texts may quote an address.
+        log.error("flush: unexpected %s; unsent jobs go back to pending", type(exc).__name__)
+        for job_id in job_ids:
+            outcomes.setdefault(job_id, Outcome(None, f"internal:{type(exc).__name__}"[:32]))
     with session_scope() as session:
         record(session, outcomes, utcnow(), report)
     log.info(

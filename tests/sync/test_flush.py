@@ -313,3 +313,66 @@ def test_reduced_opted_out_contact_comes_back_opted_out(
     sync.flush()
     assert job(fresh).state == JobState.DONE
     assert audience.status(email) == "pending"
+
+
+def synced(emails: list[str]) -> None:
+    """Members Mailchimp has and the contacts know as subscribed."""
+    for email in emails:
+        signup(email)
+    sync.flush()
+    assert all(contact_status(e) == "subscribed" for e in emails)
+
+
+def puts_and_batches(audience: Audience) -> tuple[int, int]:
+    counters = calls(audience)
+    puts = sum(v for k, d in counters.items() if k.startswith("PUT") for v in d.values())
+    batches = sum(counters.get("POST /lists/{list_id}", {}).values())
+    return puts, batches
+
+
+def test_a_contact_already_synced_gets_a_put_with_status_if_new_never_a_batch(
+    audience: Audience, db: str
+) -> None:
+    known = [f"known{i}@trust.org" for i in range(4)]
+    synced(known)
+    # One of them unsubscribes in Mailchimp and the webhook has not arrived yet.
+    audience.emu.unsubscribe(known[0], list_id=audience.list_id)
+    audience.emu.reset_counters()
+    again = {email: signup(email) for email in known}
+    fresh = [signup("fresh@trust.org")]
+    sync.flush()
+    # Only one member is new: one PUT for it, no batch (which would carry `status`).
+    assert puts_and_batches(audience) == (5, 0)
+    # status_if_new left the opt-out alone: "member_unsubscribed", not a refused `status`.
+    assert job(again[known[0]]).state == JobState.SUPPRESSED
+    assert job(again[known[0]]).outcome == "member_unsubscribed"
+    assert audience.status(known[0]) == "unsubscribed"
+    assert contact_status(known[0]) == "unsubscribed"
+    assert all(job(j).state == JobState.DONE for j in fresh)
+
+
+def test_a_transient_failure_defers_the_rest_of_the_flush_instead_of_calling_on(
+    audience: Audience, db: str
+) -> None:
+    known = [f"again{i}@trust.org" for i in range(5)]
+    synced(known)
+    ids = [signup(email) for email in known]  # five single PUTs next time
+    audience.emu.reset_counters()
+    audience.emu.script_failures("503", count=3, path="/3.0/lists/*/members/*")
+    report = sync.flush()
+    assert report.calls == 1 and report.retry == 5
+    assert {job(j).last_error for j in ids} == {"server_error"}
+    assert puts_and_batches(audience) == (3, 0)  # one call, its in-call retries, no more
+
+
+def test_an_outcome_code_longer_than_its_column_is_cut_not_fatal(
+    audience: Audience, db: str
+) -> None:
+    job_id = signup("long.reason@trust.org")
+    with session_scope() as session:
+        assert sync.claim(session, 10, utcnow()) == [job_id]
+    outcome = sync.Outcome(JobState.FAILED, "schema_error:" + "F" * 60)
+    with session_scope() as session:
+        sync.record(session, {job_id: outcome}, utcnow(), sync.FlushReport())
+    assert job(job_id).state == JobState.FAILED
+    assert job(job_id).outcome == ("schema_error:" + "F" * 60)[:32]
