@@ -8,6 +8,7 @@ that any client can publish. Messages are acked only after the batch was handled
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -37,7 +38,7 @@ def receive_signups(requests: list[SimpleRequest]) -> None:
     If the batch cannot be stored (database away, or a bug), each message is published
     again before this batch is acknowledged, so no signup is dropped.
     """
-    messages = [request.kwargs.get("message") for request in requests]
+    messages = [_keyed(request) for request in requests]
     try:
         receive_many(messages, channel="queue")
     except Exception as exc:
@@ -49,6 +50,20 @@ def receive_signups(requests: list[SimpleRequest]) -> None:
         )
         for message in messages:
             republish(message)
+
+
+def _keyed(request: SimpleRequest) -> Any:
+    """The message, with an idempotency key from the Celery task id when it has neither a
+    key nor a submitted_at: a key derived from the time of receipt would differ on each
+    redelivery. The republished copy carries it, so a retried message stays the same signup.
+    """
+    message = request.kwargs.get("message")
+    unkeyed = isinstance(message, dict) and not message.get("idempotency_key")
+    if unkeyed and not message.get("submitted_at") and request.id:
+        # Hashed: a publisher's task id may hold characters a key may not.
+        digest = hashlib.sha256(str(request.id).encode()).hexdigest()[:40]
+        return {**message, "idempotency_key": f"celery:{digest}"}
+    return message
 
 
 def republish(message: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -115,6 +117,35 @@ def test_without_a_key_the_same_message_twice_is_one_submission(db: str) -> None
     receive(message, channel="queue")
     with session_scope() as session:
         assert counts(session)["submission"] == 1
+
+
+def test_a_redelivered_message_without_key_or_time_is_still_one_submission(
+    celery_worker: object, redis_client: Any
+) -> None:
+    from tests.helpers import wait_for
+    from worker.app import app
+    from worker.intake import RECEIVE_TASK
+
+    def stored() -> list[str]:
+        with session_scope() as session:
+            return list(session.scalars(select(Submission.idempotency_key)))
+
+    def all_acked() -> bool:
+        def now_empty() -> bool:
+            return redis_client.llen("signups") == 0 and redis_client.hlen("unacked") == 0
+
+        # Twice, a moment apart: a message is briefly in neither while a worker takes it.
+        return now_empty() and (time.sleep(0.3) or now_empty())
+
+    key = "celery:" + hashlib.sha256(b"redelivered-0001").hexdigest()[:40]
+    # As a non-Python website might publish it: neither idempotency_key nor submitted_at.
+    message = {"v": 1, "email": EMAIL, "form": "newsletter_signup"}
+    app.send_task(RECEIVE_TASK, kwargs={"message": message}, task_id="redelivered-0001")
+    assert wait_for(stored, timeout=20) == [key]
+    # The same message again, as Redis hands it out after a worker died before its ack.
+    app.send_task(RECEIVE_TASK, kwargs={"message": message}, task_id="redelivered-0001")
+    wait_for(all_acked, timeout=20)
+    assert stored() == [key]
 
 
 def test_second_signup_of_the_same_person_reuses_the_contact(db: str) -> None:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from config import get_settings
 from worker import metrics
@@ -110,8 +110,10 @@ async def post_signup(request: Request) -> JSONResponse:
     except SignupRejected as exc:
         problems = [{"field": p.field, "reason": p.reason} for p in exc.problems]
         return _refuse(422, "invalid", problems)
-    except OperationalError:
-        log.warning("intake: database unavailable")
+    except SQLAlchemyError as exc:
+        # The database is away or refused the write: the website retries. Only the type is
+        # logged (a statement's text may quote the signup).
+        log.warning("intake: database unavailable (%s)", type(exc).__name__)
         return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
     return JSONResponse(
         {"submission_id": result.submission_id, "created": result.created}, status_code=202
