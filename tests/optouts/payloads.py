@@ -119,6 +119,6 @@ def body(fields: Fields) -> bytes:
     return urlencode(fields).encode()
 
 
-def post(client: TestClient, fields: Fields | bytes, **headers: str) -> Any:
+def post(client: TestClient, fields: Fields | bytes, **headers: str | bytes) -> Any:
     raw = fields if isinstance(fields, bytes) else body(fields)
     return client.post(URL, content=raw, headers={**FORM, **headers})

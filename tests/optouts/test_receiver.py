@@ -125,10 +125,12 @@ def test_a_valid_signature_is_accepted_when_a_signing_secret_is_set(
         ("SIGNED-WITH-OTHER-SECRET", "bad_signature"),
         ("SIGNED-OTHER-BODY", "bad_signature"),
         ("SIGNED-A-DAY-AGO", "stale_signature"),
+        (b"t=\xb2,v1=abc", "bad_signature"),  # "²" is a digit to str.isdigit(), not to int()
+        ("t=" + "9" * 5000 + ",v1=abc", "bad_signature"),  # past int()'s digit limit
     ],
 )
 def test_missing_bad_or_stale_signatures_get_401_and_store_nothing(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch, header: str | None, reason: str
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, header: str | bytes | None, reason: str
 ) -> None:
     use(monkeypatch, LISTSYNC_WEBHOOK_SIGNING_SECRET=SIGNING)
     raw = body(unsubscribe(EMAIL, AT))

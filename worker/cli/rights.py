@@ -43,15 +43,16 @@ def export(email: str, out: Path | None, include_ip: bool, reason: str | None) -
         raise BadInput(f"--out: directory {out.parent} does not exist")
     with _checked(), session_scope() as session:
         data = export_records(session, email, include_ip=include_ip, ip_reason=reason)
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-        if out is None:
-            click.echo(text, nl=False)
-        else:
-            # The file holds personal data: readable by its owner only.
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-    if out is not None:
+    # Out only after the commit: an export with IPs is never given without its audit row.
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        # The file holds personal data: readable by its owner only, even if it existed.
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
         click.echo(f"written to {out}", err=True)
 
 
