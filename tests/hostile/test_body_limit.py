@@ -22,6 +22,7 @@ from worker.web.signups import MAX_BODY_BYTES
 
 CHUNK = 16 * 1024
 UPLOAD = 64 * 1024 * 1024  # what the client would send if nobody stopped it
+SOCKET_READ_MAX = 256 * 1024
 ROUTES = [
     ("/v1/signups", f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json"),
     (WEBHOOK + SECRET, "Content-Type: application/x-www-form-urlencoded"),
@@ -97,7 +98,9 @@ def test_a_streamed_body_over_the_limit_is_refused_after_reading_about_64_kib(
     assert b"connection: close" in answer.lower()
     assert sent < UPLOAD // 4  # answered, and hung up, long before the client was done
     [taken] = server.consumed
-    assert MAX_BODY_BYTES < taken <= MAX_BODY_BYTES + 2 * CHUNK
+    # The app stops at the first message past the limit; one message holds what one socket
+    # read brought (asyncio reads up to 256 KiB at a time, more of it on a loaded machine).
+    assert MAX_BODY_BYTES < taken <= MAX_BODY_BYTES + SOCKET_READ_MAX
 
 
 @pytest.mark.parametrize(("path", "headers"), ROUTES, ids=["signups", "webhook"])
