@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from worker.forms import get_forms
+from worker.mailchimp import email_hash
 from worker.models import (
     AuditEntry,
     Contact,
@@ -302,10 +303,15 @@ def erase(
         )
     )
     # Webhook payloads carry the address; the event and its dedupe key stay (no replay).
+    # That includes the events from before a change of address to this one: they are kept
+    # under the old address's hash, and the change itself holds both addresses.
     payloads = _count(
         session.execute(
             update(WebhookEvent)
-            .where(WebhookEvent.email_hash == key, WebhookEvent.payload.is_not(None))
+            .where(
+                WebhookEvent.email_hash.in_(_former_hashes(session, key) | {key}),
+                WebhookEvent.payload.is_not(None),
+            )
             .values(payload=null())
             .execution_options(synchronize_session=False)
         )
@@ -329,6 +335,27 @@ def erase(
         },
     )
     return ErasureReport(key, submissions, ips, jobs_suppressed, payloads, job.id)
+
+
+def _former_hashes(session: Session, key: str) -> set[str]:
+    """Hashes of the addresses this person had before, from the stored upemail events."""
+    renames: dict[str, set[str]] = {}  # new hash -> old hashes
+    for old_hash, payload in session.execute(
+        select(WebhookEvent.email_hash, WebhookEvent.payload).where(
+            WebhookEvent.type == "upemail", WebhookEvent.payload.is_not(None)
+        )
+    ):
+        data = payload.get("data") if isinstance(payload, dict) else None
+        new_email = data.get("new_email") if isinstance(data, dict) else None
+        if old_hash and isinstance(new_email, str):
+            renames.setdefault(email_hash(new_email.strip()), set()).add(old_hash)
+    found: set[str] = set()
+    todo = [key]
+    while todo:
+        for old_hash in renames.get(todo.pop(), set()) - found - {key}:
+            found.add(old_hash)
+            todo.append(old_hash)
+    return found
 
 
 def _queue_and_audit(

@@ -219,6 +219,36 @@ def test_erase_removes_local_records_keeps_a_hash_and_queues_delete_permanent(
     assert EMAIL not in json.dumps(entry.detail)
 
 
+def test_erase_also_clears_the_events_from_before_a_change_of_address(
+    rows: Rows, settings_env: dict[str, str]
+) -> None:
+    old, older, stranger = "ada.old@example.com", "ada.first@example.com", "bob@example.com"
+    person(rows)
+    rows.event(older, T0)
+    rows.event(old, T0)
+    rows.event(stranger, T0)
+    with rows.session() as s:
+        for n, (was, now) in enumerate([(older, old), (old, EMAIL)]):
+            s.add(
+                WebhookEvent(
+                    dedupe_key=f"rename-{n}",
+                    type="upemail",
+                    fired_at=T0,
+                    email_hash=email_hash(was),  # kept under the address it came from
+                    payload={"data": {"old_email": was, "new_email": now.upper()}},
+                    received_at=T0,
+                    state="applied",
+                )
+            )
+        s.commit()
+    with rows.session() as s:
+        assert erase(s, EMAIL, "request").payloads_dropped == 5  # 1 + 2 renames + 2 older events
+        s.commit()
+    with rows.session() as s:
+        kept = s.scalars(select(WebhookEvent.email_hash).where(WebhookEvent.payload.is_not(None)))
+        assert list(kept) == [email_hash(stranger)]
+
+
 def test_erase_is_refused_while_a_hold_is_active(rows: Rows, settings_env: dict[str, str]) -> None:
     _, sub = person(rows)
     rows.hold(submission_id=sub)
