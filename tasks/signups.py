@@ -12,9 +12,10 @@ import hashlib
 import logging
 from typing import Any
 
-from celery_batches import Batches, SimpleRequest
+from celery_batches import SimpleRequest
 
 from worker.app import app
+from worker.batching import ReconnectSafeBatches
 from worker.intake import RECEIVE_TASK, masked_repr, receive_many
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ REPUBLISH_DELAY = 5
 
 @app.task(
     name=RECEIVE_TASK,
-    base=Batches,
+    base=ReconnectSafeBatches,
     flush_every=RECEIVE_BATCH,
     flush_interval=RECEIVE_WAIT,
     acks_late=True,

@@ -141,3 +141,23 @@ def test_queued_signups_are_stored_in_batches(
     with session_scope() as session:
         transactions = session.scalar(select(func.count(func.distinct(Submission.received_at))))
     assert transactions is not None and transactions < 20
+
+
+def test_after_the_broker_connection_drops_a_part_full_intake_batch_is_still_stored(
+    db: str, settings_env: dict[str, str], redis_client: redis.Redis
+) -> None:
+    def stored() -> int:
+        with session_scope() as session:
+            return session.scalar(select(func.count()).select_from(Submission)) or 0
+
+    env = {**settings_env, "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"]}
+    with worker_process(env, queues="signups"):  # prefork, as production runs it
+        for i in range(3):
+            enqueue_signup(f"before.drop{i}@trust.org", "newsletter_signup")
+        wait_for(lambda: stored() == 3, timeout=60)
+        # The worker's broker connections drop (a Redis restart, a network blip). Its event
+        # loop clears its timers; it reconnects.
+        wait_for(lambda: redis_client.client_kill_filter(_type="normal", skipme=True), 10)
+        for i in range(3):  # far fewer than a batch (200): only the flush timer stores them
+            enqueue_signup(f"after.drop{i}@trust.org", "newsletter_signup")
+        wait_for(lambda: stored() == 6, timeout=60)
