@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -154,14 +154,31 @@ def claim(session: Session, limit: int, now: datetime) -> list[int]:
 # --- plan: the opt-out guard ------------------------------------------------------------
 
 
+def contacts_of(session: Session, jobs: Sequence[SyncJob]) -> Callable[[SyncJob], Contact | None]:
+    """Each job's contact, by id first: a change of address applied while a job was in
+    flight re-keys the contact (and its pending jobs), not the job being worked on."""
+    ids = {job.contact_id for job in jobs if job.contact_id is not None}
+    hashes = {job.email_hash for job in jobs}
+    found = list(
+        session.scalars(select(Contact).where(Contact.id.in_(ids) | Contact.email_hash.in_(hashes)))
+    )
+    by_id = {c.id: c for c in found}
+    by_hash = {c.email_hash: c for c in found}
+
+    def contact_of(job: SyncJob) -> Contact | None:
+        if job.contact_id is not None and job.contact_id in by_id:
+            return by_id[job.contact_id]
+        return by_hash.get(job.email_hash)
+
+    return contact_of
+
+
 def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) -> Plan:
     """Decide what to send for each claimed job. Pure reads; no call is made here."""
     jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(job_ids))).all()
+    contact_of = contacts_of(session, jobs)
     hashes = {job.email_hash for job in jobs}
-    contacts = {
-        c.email_hash: c
-        for c in session.scalars(select(Contact).where(Contact.email_hash.in_(hashes)))
-    }
+    hashes |= {c.email_hash for c in map(contact_of, jobs) if c is not None}
     erased = set(
         session.scalars(
             select(Suppression.email_hash).where(
@@ -172,21 +189,20 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
     allowed_tags = get_settings().merge_fields
     out = Plan()
     for job in jobs:
-        contact = contacts.get(job.email_hash)
+        contact = contact_of(job)
         if job.kind == JobKind.ERASE:
             out.erases.setdefault(job.email_hash, []).append(job.id)
             continue
-        if job.email_hash in erased:
+        if job.email_hash in erased or (contact is not None and contact.email_hash in erased):
             out.settled[job.id] = Outcome(JobState.SUPPRESSED, "suppressed_hash")
             continue
         if contact is None:
             out.settled[job.id] = Outcome(JobState.SUPPRESSED, "contact_gone")
             continue
+        key = contact.email_hash  # the person's address now, should it have changed
         merge = {k: v for k, v in contact.merge_fields.items() if k in allowed_tags}
         if job.kind == JobKind.UPDATE:
-            send = out.updates.setdefault(
-                job.email_hash, Send(job.email_hash, contact.email, merge)
-            )
+            send = out.updates.setdefault(key, Send(key, contact.email, merge))
             send.job_ids.append(job.id)
             continue
         resubscribe = False
@@ -201,8 +217,7 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
                 out.settled[job.id] = Outcome(JobState.SUPPRESSED, f"opted_out:{contact.status}")
                 continue
         send = out.upserts.setdefault(
-            job.email_hash,
-            Send(job.email_hash, contact.email, merge, is_new=contact.status == ContactStatus.NEW),
+            key, Send(key, contact.email, merge, is_new=contact.status == ContactStatus.NEW)
         )
         send.resubscribe = send.resubscribe or resubscribe
         send.job_ids.append(job.id)
@@ -341,18 +356,16 @@ def record(
     """Write each job's outcome, mirror learned statuses, start retention clocks."""
     window = timedelta(hours=get_settings().sync_retry_window_hours)
     jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(list(outcomes)))).all()
-    contacts = {
-        c.email_hash: c
-        for c in session.scalars(
-            select(Contact).where(Contact.email_hash.in_({job.email_hash for job in jobs}))
-        )
-    }
+    contact_of = contacts_of(session, jobs)
     finished: dict[int, bool] = {}  # submission id -> synced
     for job in jobs:
         if job.state != JobState.IN_FLIGHT:
             continue  # rescued by the sweep and finished by another flusher meanwhile
         outcome = outcomes[job.id]
+        contact = contact_of(job)
         if outcome.state is None and now - job.created_at < window:
+            if contact is not None and job.kind != JobKind.ERASE:
+                job.email_hash = contact.email_hash  # follows a change of address
             job.state = JobState.PENDING
             job.next_attempt_at = now + backoff(job.attempts)
             job.last_error = outcome.reason
@@ -372,7 +385,6 @@ def record(
                 report.suppressed += 1
             else:
                 report.failed += 1
-        contact = contacts.get(job.email_hash)
         if contact is not None and outcome.member_status:
             _mirror(contact, outcome.member_status)
         if job.submission_id is not None:

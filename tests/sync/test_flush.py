@@ -376,3 +376,35 @@ def test_an_outcome_code_longer_than_its_column_is_cut_not_fatal(
         sync.record(session, {job_id: outcome}, utcnow(), sync.FlushReport())
     assert job(job_id).state == JobState.FAILED
     assert job(job_id).outcome == ("schema_error:" + "F" * 60)[:32]
+
+
+def test_a_change_of_address_while_a_job_is_in_flight_follows_the_person(
+    audience: Audience, db: str
+) -> None:
+    from worker.models import ChangeSource
+    from worker.optouts.apply import Change, apply_change
+
+    job_id = signup("before@trust.org")
+    with session_scope() as session:
+        assert sync.claim(session, 10, utcnow()) == [job_id]
+    # The person changes address in Mailchimp; the webhook is applied while the job is out.
+    with session_scope() as session:
+        change = Change(
+            "upemail",
+            ChangeSource.WEBHOOK,
+            utcnow(),
+            "before@trust.org",
+            new_email="after@trust.org",
+        )
+        assert apply_change(session, change).outcome == "email_changed"
+    with session_scope() as session:
+        sync.record(
+            session, {job_id: sync.Outcome(None, "server_error")}, utcnow(), sync.FlushReport()
+        )
+    assert job(job_id).email_hash == email_hash("after@trust.org")
+    with session_scope() as session:
+        session.execute(update(SyncJob).values(next_attempt_at=utcnow()))
+    sync.flush()
+    assert job(job_id).state == JobState.DONE
+    assert audience.status("after@trust.org") == "subscribed"
+    assert contact_status("after@trust.org") == "subscribed"
