@@ -15,14 +15,20 @@ from config import get_settings
 _settings = get_settings()
 
 #: Redis redelivers a message unacked for this long: it bounds how long the messages a
-#: SIGKILLed worker held wait before they come back. Every countdown we use is far shorter,
-#: and every task finishes well inside it (long purges continue in a follow-up task).
-VISIBILITY_TIMEOUT_SECONDS = 300
+#: SIGKILLed worker held wait before they come back. Every countdown we use is shorter (the
+#: longest, a retry backoff, is 60 s), and every task finishes well inside it: a flush stops
+#: calling Mailchimp after 60 s, long purges continue in a follow-up task. A task that did
+#: overrun would only run twice, and every task is idempotent.
+VISIBILITY_TIMEOUT_SECONDS = 120
+#: How often each worker looks for such messages (kombu's default works out at 100 s).
+UNACKED_RESTORE_INTERVAL_SECONDS = 10
 
 broker_url = _settings.broker_url or "redis://127.0.0.1:6379/0"
 broker_connection_retry_on_startup = True
 broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_SECONDS,
+    "unacked_restore_throttle": 1,
     # Fail fast when Redis is away rather than hang a web request that enqueues.
     "socket_connect_timeout": 5,
     "socket_timeout": 10,
