@@ -60,6 +60,16 @@ BACKOFF_MAX_SECONDS = 1800.0
 MIRRORABLE = frozenset(
     {ContactStatus.NEW, ContactStatus.SUBSCRIBED, ContactStatus.PENDING, ContactStatus.ARCHIVED}
 )
+#: Member statuses a flush copies onto such a contact.
+MIRRORED_STATUSES = frozenset(
+    {
+        ContactStatus.SUBSCRIBED,
+        ContactStatus.PENDING,
+        ContactStatus.ARCHIVED,
+        ContactStatus.UNSUBSCRIBED,
+        ContactStatus.CLEANED,
+    }
+)
 
 
 @dataclass
@@ -358,6 +368,7 @@ def record(
     jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(list(outcomes)))).all()
     contact_of = contacts_of(session, jobs)
     finished: dict[int, bool] = {}  # submission id -> synced
+    mirror: dict[str, set[int]] = {}  # member status Mailchimp reported -> contact ids
     for job in jobs:
         if job.state != JobState.IN_FLIGHT:
             continue  # rescued by the sweep and finished by another flusher meanwhile
@@ -385,10 +396,11 @@ def record(
                 report.suppressed += 1
             else:
                 report.failed += 1
-        if contact is not None and outcome.member_status:
-            _mirror(contact, outcome.member_status)
+        if contact is not None and outcome.member_status in MIRRORED_STATUSES:
+            mirror.setdefault(str(outcome.member_status), set()).add(contact.id)
         if job.submission_id is not None:
             finished[job.submission_id] = state == JobState.DONE
+    _mirror(session, mirror)
     _start_retention_clocks(session, finished, now)
     for state, count in (
         (JobState.DONE, report.done),
@@ -399,17 +411,22 @@ def record(
             metrics.incr("sync_members_total", count, outcome=str(state))
 
 
-def _mirror(contact: Contact, member_status: str) -> None:
+def _mirror(session: Session, by_status: dict[str, set[int]]) -> None:
     """Mirror what Mailchimp told us. Opt-outs learned here stick; nothing undoes one.
 
-    status_changed_at is left alone on purpose: it orders webhook events, and an opt-out
-    event fired before this call must still apply when it arrives late.
+    A conditional UPDATE, not an assignment to the loaded contact: an opt-out a webhook or
+    reconcile committed while this flush was out must not be overwritten by a status read
+    before it (the fault drill caught exactly that). status_changed_at is left alone on
+    purpose: it orders webhook events, and an opt-out event fired before this call must
+    still apply when it arrives late.
     """
-    if contact.status not in MIRRORABLE:
-        return
-    if member_status in {s.value for s in ContactStatus}:
-        contact.status = member_status
-        contact.status_source = ChangeSource.SYNC
+    for member_status, contact_ids in by_status.items():
+        session.execute(
+            update(Contact)
+            .where(Contact.id.in_(contact_ids), Contact.status.in_(MIRRORABLE))
+            .values(status=member_status, status_source=ChangeSource.SYNC)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def _start_retention_clocks(session: Session, finished: dict[int, bool], now: datetime) -> None:

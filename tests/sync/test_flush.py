@@ -408,3 +408,34 @@ def test_a_change_of_address_while_a_job_is_in_flight_follows_the_person(
     assert job(job_id).state == JobState.DONE
     assert audience.status("after@trust.org") == "subscribed"
     assert contact_status("after@trust.org") == "subscribed"
+
+
+def test_a_flush_never_overwrites_an_opt_out_committed_while_it_was_out(
+    audience: Audience, db: str
+) -> None:
+    from worker.db import get_sessionmaker
+    from worker.models import ChangeSource
+    from worker.optouts.apply import Change, apply_change
+
+    email = "racing@trust.org"
+    job_id = signup(email)
+    with session_scope() as session:
+        sync.claim(session, 10, utcnow())
+    flusher = get_sessionmaker()()
+    try:
+        # The flush reads the contact (still `new`) ...
+        # (kept referenced: the session's identity map holds objects weakly)
+        read = flusher.scalars(select(Contact).where(Contact.email_hash == email_hash(email))).one()
+        assert read.status == ContactStatus.NEW
+        # ... a bounce arrives and is applied and committed while its call is out ...
+        with session_scope() as session:
+            bounce = Change("status", ChangeSource.WEBHOOK, utcnow(), email, "cleaned", "hard")
+            assert apply_change(session, bounce).changed_status
+        # ... then it records what Mailchimp answered before the bounce.
+        done = sync.Outcome(JobState.DONE, "member_subscribed", "subscribed")
+        sync.record(flusher, {job_id: done}, utcnow(), sync.FlushReport())
+        flusher.commit()
+    finally:
+        flusher.close()
+    assert job(job_id).state == JobState.DONE
+    assert contact_status(email) == "cleaned"
