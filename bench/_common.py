@@ -48,9 +48,9 @@ def load_average() -> tuple[float, float, float]:
 
 
 @contextlib.contextmanager
-def pg_schema(prefix: str = "bench_sync_") -> Iterator[tuple[str, str]]:
-    """A fresh schema in the test database, dropped (CASCADE) after. Yields its URL and its
-    name, which is also the connections' application_name (to find their backends)."""
+def pg_schema(prefix: str = "bench_sync_", keep: bool = False) -> Iterator[tuple[str, str]]:
+    """A fresh schema in the test database, dropped (CASCADE) after unless `keep`. Yields its
+    URL and its name, which is also the connections' application_name (to find backends)."""
     schema = prefix + uuid.uuid4().hex[:10]
     admin = create_engine(PG_ADMIN_URL)
     try:
@@ -62,8 +62,11 @@ def pg_schema(prefix: str = "bench_sync_") -> Iterator[tuple[str, str]]:
                 schema,
             )
         finally:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            if keep:
+                print(f"kept schema {schema}", file=sys.stderr)
+            else:
+                with admin.begin() as conn:
+                    conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     finally:
         admin.dispose()
 

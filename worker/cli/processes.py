@@ -260,7 +260,8 @@ def run(port: int | None) -> None:
             _start_all(children, settings, env, web_port)
             _wait_for_web(settings.web_host, web_port, children)
             if emulated:
-                _connect_emulator_webhook(env, settings.web_host, web_port)
+                register_webhook(env, settings.web_host, web_port)
+                click.echo("webhook: the emulator delivers list events to this run's receiver")
             _write_run_env(env_file, env)
             click.secho(
                 f"listsync is running: web on http://{settings.web_host}:{web_port} "
@@ -332,8 +333,9 @@ def _start_all(children: Children, settings: Settings, env: dict[str, str], web_
     children.start("web", web_argv(settings.web_host, web_port), env)
 
 
-def _connect_emulator_webhook(env: dict[str, str], host: str, port: int) -> None:
-    """Point the emulator's list webhook at our receiver, so opt-outs come home locally too."""
+def register_webhook(env: dict[str, str], host: str, port: int) -> None:
+    """Point the audience's list webhook at a receiver on host:port, with the first secret
+    in env (`listsync webhook register`, as a deployment would run it)."""
     secret = env["LISTSYNC_WEBHOOK_SECRETS"].split(",")[0].strip()
     url = f"http://{host}:{port}/v1/mailchimp/webhook/{secret}"
     result = subprocess.run(
@@ -344,8 +346,7 @@ def _connect_emulator_webhook(env: dict[str, str], host: str, port: int) -> None
         check=False,
     )
     if result.returncode != 0:
-        raise ListsyncError(f"could not register the emulator's webhook: {result.stderr.strip()}")
-    click.echo("webhook: the emulator delivers list events to this run's receiver")
+        raise ListsyncError(f"could not register the webhook: {result.stderr.strip()}")
 
 
 def _write_run_env(path: Path, env: dict[str, str]) -> None:
