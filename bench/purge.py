@@ -71,9 +71,9 @@ def fill(url: str, rows: int) -> None:
         )
         conn.execute(
             text(
-                "INSERT INTO sync_job (kind, contact_id, email_hash, submission_id, resubscribe,"
+                "INSERT INTO sync_job (kind, contact_id, email_hash, submission_id,"
                 " state, attempts, next_attempt_at, created_at, finished_at, outcome)"
-                " SELECT 'upsert', 1 + (i % :c), md5('x'), i, false, 'done', 1, now(),"
+                " SELECT 'upsert', 1 + (i % :c), md5('x'), i, 'done', 1, now(),"
                 " now() - interval '91 days', now() - interval '91 days', 'member_subscribed'"
                 " FROM generate_series(1, :n) i"
             ),

@@ -109,6 +109,17 @@ for _name in list(os.environ):
 os.chdir(ROOT)  # the default .env lookup is relative; keep it deterministic
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without PostgreSQL (never in CI), leave out the tests that only run on it, and say so."""
+    if PG_UP:
+        return
+    kept = [item for item in items if item.get_closest_marker("postgres_only") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+        NOT_COVERED.append("the benchmark smoke tests (they need PostgreSQL)")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if NOT_COVERED:
         terminalreporter.write_line("not covered in this run: " + "; ".join(NOT_COVERED))

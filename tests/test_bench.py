@@ -1,0 +1,60 @@
+"""The benchmarks still run: each script at a small size, as a real process, printing its
+figures and target lines. (Speed is measured in bench/, never asserted here; what is
+asserted is that the scripts work and that nothing was lost.) The purge benchmark once broke
+unnoticed when a column was dropped; these keep that from happening again."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REDIS_URL, ROOT
+
+#: The benchmarks flush the Redis DB they use: not the tests' own.
+BENCH_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+
+
+def bench(*argv: str, timeout: float = 240) -> str:
+    """Run one benchmark script; returns what it printed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSYNC_")}
+    done = subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+pytestmark = pytest.mark.postgres_only  # the benchmarks run on PostgreSQL
+
+
+def test_purge_benchmark_runs_and_prints_its_figures() -> None:
+    out = bench("bench/purge.py", "--rows", "4000", "--idle-seconds", "1")
+    assert "'submissions': 2000" in out and "'ips': 2000" in out
+    assert "longest single transaction:" in out and "intake p99 idle:" in out
+
+
+def test_webhook_benchmark_loses_nothing_and_applies_nothing_twice() -> None:
+    out = bench(
+        "bench/webhooks.py", "--requests", "300", "--concurrency", "8", "--redis-url", BENCH_REDIS
+    )
+    assert "lost:                0" in out and "applied twice:       0" in out
+    assert "requests/s:" in out and "latency p50 / p99:" in out
+
+
+def test_sync_benchmark_compares_with_its_baseline_in_the_same_run() -> None:
+    out = bench(
+        "bench/sync.py",
+        *("--signups", "300", "--baseline-signups", "50", "--steady-seconds", "3"),
+        *("--redis-url", BENCH_REDIS),
+    )
+    assert "drain ratio listsync / baseline:" in out
+    assert "zero 429s (listsync)" in out
