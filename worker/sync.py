@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import CursorResult, and_, func, select, update
+from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -423,7 +423,12 @@ def _mirror(session: Session, by_status: dict[str, set[int]]) -> None:
     for member_status, contact_ids in by_status.items():
         session.execute(
             update(Contact)
-            .where(Contact.id.in_(contact_ids), Contact.status.in_(MIRRORABLE))
+            .where(
+                Contact.id.in_(contact_ids),
+                Contact.status.in_(MIRRORABLE),
+                # Rows already as Mailchimp says are left alone (no new row version).
+                or_(Contact.status != member_status, Contact.status_source != ChangeSource.SYNC),
+            )
             .values(status=member_status, status_source=ChangeSource.SYNC)
             .execution_options(synchronize_session=False)
         )
