@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import redis
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -259,15 +260,11 @@ def send(
     work: Plan,
     batch_size: int,
     report: FlushReport,
-    outcomes: dict[int, Outcome] | None = None,
-) -> dict[int, Outcome]:
-    """Make the calls the plan asks for; returns an outcome per job id.
-
-    Outcomes go into `outcomes` as each call returns, so that a caller catching an
-    unexpected error midway still records what the calls made so far achieved.
-    """
-    if outcomes is None:
-        outcomes = {}
+    outcomes: dict[int, Outcome],
+) -> None:
+    """Make the calls the plan asks for, putting an outcome per job id into `outcomes` as
+    each call returns, so that a caller catching an error midway still records what the
+    calls made so far achieved."""
     outcomes.update(work.settled)
 
     started = time.monotonic()
@@ -293,6 +290,12 @@ def send(
         for job_id in job_ids:
             outcomes[job_id] = Outcome(None, reason)
         return True
+
+    def call(job_ids: list[int], make: Callable[[], MemberResult]) -> None:
+        """One call for one member, unless the flush is deferring."""
+        if not deferred(job_ids):
+            report.calls += 1
+            settle(job_ids, outcome_of(make()))
 
     # Only members we never synced go into a batch (whose `status` applies to members it
     # creates): one Mailchimp already knows gets a PUT with `status_if_new` only, so no
@@ -326,26 +329,18 @@ def send(
                 else:
                     settle(s.job_ids, outcome_of(result))
     for s in singles:
-        if not deferred(s.job_ids):
-            report.calls += 1
-            result = gateway.upsert_member(s.email, s.merge_fields, status_if_new)
-            settle(s.job_ids, outcome_of(result))
+        call(s.job_ids, partial(gateway.upsert_member, s.email, s.merge_fields, status_if_new))
     for s in confirm:
         # A new, explicit consent after an opt-out, with re-confirmation switched on: ask
         # Mailchimp to email a confirmation. It may refuse; that ends the job suppressed.
-        if not deferred(s.job_ids):
-            report.calls += 1
-            result = gateway.upsert_member(s.email, s.merge_fields, "pending", status="pending")
-            settle(s.job_ids, outcome_of(result))
+        call(
+            s.job_ids,
+            partial(gateway.upsert_member, s.email, s.merge_fields, "pending", status="pending"),
+        )
     for s in work.updates.values():
-        if not deferred(s.job_ids):
-            report.calls += 1
-            settle(s.job_ids, outcome_of(gateway.update_member(s.email_hash, s.merge_fields)))
+        call(s.job_ids, partial(gateway.update_member, s.email_hash, s.merge_fields))
     for key, job_ids in work.erases.items():
-        if not deferred(job_ids):
-            report.calls += 1
-            settle(job_ids, outcome_of(gateway.delete_permanent(key)))
-    return outcomes
+        call(job_ids, partial(gateway.delete_permanent, key))
 
 
 def _failed(s: Send, exc: MailchimpError) -> MemberResult:
@@ -466,17 +461,17 @@ def flush(limit: int | None = None) -> FlushReport:
     outcomes: dict[int, Outcome] = {}
     try:
         send(get_gateway(), work, settings.sync_batch_size, report, outcomes)
-    except MailchimpError as exc:
-        # Could not go on (audience settings unreadable, cap wait): the rest back to pending.
-        for job_id in job_ids:
-            outcomes.setdefault(job_id, Outcome(None, exc.reason))
     except Exception as exc:
-        # Anything else (a bug, Redis away mid-flush) must not leave the claimed jobs in
-        # flight for the sweep's timeout: record what was done, retry the rest. The type
-        # only: exception texts may quote an address.
-        log.error("flush: unexpected %s; unsent jobs go back to pending", type(exc).__name__)
+        # Mailchimp could not be reached at all (audience settings unreadable, cap wait), or
+        # anything else went wrong (a bug, Redis away mid-flush): what was sent is recorded,
+        # the rest goes back to pending rather than wait in flight for the sweep's timeout.
+        if isinstance(exc, MailchimpError):
+            reason = exc.reason
+        else:  # the type only: exception texts may quote an address
+            reason = f"internal:{type(exc).__name__}"[:32]
+            log.error("flush: unexpected %s; unsent jobs go back to pending", type(exc).__name__)
         for job_id in job_ids:
-            outcomes.setdefault(job_id, Outcome(None, f"internal:{type(exc).__name__}"[:32]))
+            outcomes.setdefault(job_id, Outcome(None, reason))
     with session_scope() as session:
         record(session, outcomes, utcnow(), report)
     log.info(
