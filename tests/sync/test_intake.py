@@ -137,7 +137,9 @@ def test_a_redelivered_message_without_key_or_time_is_still_one_submission(
 
     key = "celery:" + hashlib.sha256(b"redelivered-0001").hexdigest()[:40]
     # As a non-Python website might publish it: neither idempotency_key nor submitted_at.
-    message = {"v": 1, "email": EMAIL, "form": "newsletter_signup"}
+    # (A contact form without the newsletter box: no sync job, so no flush task outlives
+    # the test once intake has counted both messages.)
+    message = {"v": 1, "email": EMAIL, "form": "contact_form"}
     app.send_task(RECEIVE_TASK, kwargs={"message": message}, task_id="redelivered-0001")
     assert wait_for(stored, timeout=20) == [key]
     # The same message again, as Redis hands it out after a worker died before its ack.
