@@ -59,6 +59,8 @@ RESTRICTIVENESS: dict[str, int] = {
 }
 #: Events applied per task run; a run that reaches it queues another.
 APPLY_BATCH = 500
+#: Events applied per transaction within a run.
+APPLY_CHUNK = 100
 MAILCHIMP_SOURCES = frozenset({ChangeSource.WEBHOOK, ChangeSource.RECONCILE})
 
 
@@ -139,6 +141,10 @@ def apply_event(session: Session, event_id: int) -> Result | None:
     ).one_or_none()
     if event is None or event.state != EventState.PENDING:
         return None
+    return _settle(session, event)
+
+
+def _settle(session: Session, event: WebhookEvent) -> Result:
     if event.payload is None:  # purged before it was applied: nothing left to act on
         result = Result(EventState.IGNORED, "payload_purged")
     else:
@@ -146,36 +152,69 @@ def apply_event(session: Session, event_id: int) -> Result | None:
     event.state = result.state
     event.outcome = result.outcome
     event.applied_at = utcnow()
-    log.info("optouts: event %d %s -> %s %s", event.id, event.type, result.state, result.outcome)
     return result
 
 
 def apply_pending(limit: int = APPLY_BATCH) -> int:
-    """Apply up to `limit` pending inbox events, oldest `fired_at` first, one transaction each.
+    """Apply up to `limit` pending inbox events, oldest `fired_at` first; returns how many.
 
-    Returns how many were looked at; a caller seeing `limit` should run again.
+    Each transaction claims the next `APPLY_CHUNK` pending events (on PostgreSQL with
+    FOR UPDATE SKIP LOCKED, so runs side by side take different events) and applies them.
+    A chunk that fails for a reason other than the database being away is rolled back and
+    applied again one event per transaction, so one bad event is parked (`failed`) and
+    every other one still applies. A caller seeing `limit` should run again.
     """
-    with session_scope() as session:
-        ids = list(
-            session.scalars(
-                select(WebhookEvent.id)
+    done = 0
+    while done < limit:
+        claimed = _apply_chunk(min(APPLY_CHUNK, limit - done))
+        done += claimed
+        if claimed < APPLY_CHUNK:
+            break
+    return done
+
+
+def _apply_chunk(size: int) -> int:
+    event_ids: list[int] = []
+    try:
+        with session_scope() as session:
+            events = session.scalars(
+                select(WebhookEvent)
                 .where(WebhookEvent.state == EventState.PENDING)
                 .order_by(WebhookEvent.fired_at, WebhookEvent.id)
-                .limit(limit)
-            )
-        )
-    for event_id in ids:
-        try:
-            with session_scope() as session:
-                apply_event(session, event_id)
-        except OperationalError:
-            raise  # the database is away: the task retries the whole run
-        except Exception as exc:
-            # One bad event must not hold back every later one: park it, visibly, for a
-            # human (listsync status counts failed events). The type only: texts carry PII.
-            log.error("optouts: event %d failed (%s)", event_id, type(exc).__name__)
-            _mark_failed(event_id, type(exc).__name__)
-    return len(ids)
+                .limit(size)
+                .with_for_update(skip_locked=True)
+            ).all()
+            event_ids = [event.id for event in events]
+            results = [(event.id, _settle(session, event)) for event in events]
+    except OperationalError:
+        raise  # the database is away: the task retries the whole run
+    except Exception:
+        for event_id in event_ids:
+            _apply_alone(event_id)
+        return len(event_ids)
+    for event_id, result in results:  # logged once committed: a rolled-back chunk says nothing
+        _log_applied(event_id, result)
+    return len(event_ids)
+
+
+def _apply_alone(event_id: int) -> None:
+    try:
+        with session_scope() as session:
+            result = apply_event(session, event_id)
+    except OperationalError:
+        raise
+    except Exception as exc:
+        # One bad event must not hold back every later one: park it, visibly, for a
+        # human (listsync status counts failed events). The type only: texts carry PII.
+        log.error("optouts: event %d failed (%s)", event_id, type(exc).__name__)
+        _mark_failed(event_id, type(exc).__name__)
+        return
+    _log_applied(event_id, result)
+
+
+def _log_applied(event_id: int, result: Result | None) -> None:
+    if result is not None:
+        log.info("optouts: event %d -> %s %s", event_id, result.state, result.outcome)
 
 
 def _mark_failed(event_id: int, reason: str) -> None:

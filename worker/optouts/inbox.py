@@ -1,7 +1,8 @@
 """The webhook-event inbox: store each event once (dedupe key), then nudge the applier.
 
-Storing comes first and is the only thing the webhook waits for. After the commit the web
-process asks for an apply run (at most one is waiting at a time, so a burst of webhooks
+Storing comes first and is the only thing the webhook waits for; the web process stores the
+events that arrive together in one transaction (worker/web/group_commit.py). After the commit
+it asks for an apply run (at most one is waiting at a time, so a burst of webhooks
 costs one Celery message, not one each); the run applies every pending event in `fired_at`
 order. A failed nudge is left to the sweep, so a Redis outage never loses an event.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,52 +51,93 @@ def _insert(session: Session) -> Any:
     return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
-def store(session: Session, event: ParsedEvent, *, now: datetime | None = None) -> Receipt:
-    """Insert the event unless its dedupe key is already there (without committing)."""
-    now = now or utcnow()
-    state = EventState.PENDING if event.known else EventState.IGNORED
-    values: dict[str, Any] = {
+def _state(event: ParsedEvent) -> EventState:
+    return EventState.PENDING if event.known else EventState.IGNORED
+
+
+def _row(event: ParsedEvent, now: datetime) -> dict[str, Any]:
+    known = event.known
+    return {
         "dedupe_key": event.dedupe_key,
-        "type": event.type if event.known else event.type[:32],
+        "type": event.type if known else event.type[:32],
         "source": ChangeSource.WEBHOOK,
         "fired_at": event.fired_at,
         "email_hash": event.email_hash,
         "payload": event.payload,
         "received_at": now,
-        "state": state,
-        "applied_at": None if event.known else now,
-        "outcome": None if event.known else "unknown_type",
+        "state": _state(event),
+        "applied_at": None if known else now,
+        "outcome": None if known else "unknown_type",
     }
-    inserted = session.execute(
-        _insert(session)(WebhookEvent)
-        .values(**values)
-        .on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(WebhookEvent.id)
-    ).scalar()
-    if inserted is not None:
-        return Receipt(int(inserted), created=True, state=state)
-    existing = session.execute(
-        select(WebhookEvent.id, WebhookEvent.state).where(
-            WebhookEvent.dedupe_key == event.dedupe_key
-        )
-    ).one()
-    return Receipt(int(existing.id), created=False, state=str(existing.state))
 
 
-def receive(body: bytes) -> Receipt:
-    """Parse, validate and store one webhook body; ask for an apply run after the commit.
+def store_many(
+    session: Session, events: Sequence[ParsedEvent], *, now: datetime | None = None
+) -> list[Receipt]:
+    """Insert each event unless its dedupe key is already stored (without committing).
 
-    Raises FormError or BadEvent for bad input (nothing stored) and SQLAlchemy errors when
-    the database is away (the caller answers 503 so Mailchimp retries).
+    One INSERT for all of them; the receipts follow the order of `events`, and a key that
+    comes twice in `events` is stored once (the second gets created=False).
     """
-    event = validate_event(parse_form(body), get_settings().mailchimp_list_id)
+    now = now or utcnow()
+    rows: dict[str, dict[str, Any]] = {}
+    for event in events:
+        rows.setdefault(event.dedupe_key, _row(event, now))
+    # One statement compiled once and cached: SQLAlchemy's "insertmanyvalues" sends the rows
+    # as multi-row INSERTs (a literal .values(list) would be compiled anew for each count).
+    table = WebhookEvent.__table__
+    insert = (
+        _insert(session)(table)
+        .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(table.c.id, table.c.dedupe_key)
+    )
+    inserted = {
+        key: int(event_id) for event_id, key in session.execute(insert, list(rows.values()))
+    }
+    known: dict[str, tuple[int, str]] = {}
+    if missing := [key for key in rows if key not in inserted]:
+        found = session.execute(
+            select(WebhookEvent.id, WebhookEvent.dedupe_key, WebhookEvent.state).where(
+                WebhookEvent.dedupe_key.in_(missing)
+            )
+        )
+        known = {key: (int(event_id), str(state)) for event_id, key, state in found}
+    receipts: list[Receipt] = []
+    for event in events:
+        key = event.dedupe_key
+        if key in inserted:
+            first = rows.pop(key, None) is not None  # popped: a repeat in `events` is not new
+            receipts.append(Receipt(inserted[key], created=first, state=_state(event)))
+        else:
+            event_id, state = known[key]
+            receipts.append(Receipt(event_id, created=False, state=state))
+    return receipts
+
+
+def store(session: Session, event: ParsedEvent, *, now: datetime | None = None) -> Receipt:
+    """Insert one event unless its dedupe key is already there (without committing)."""
+    return store_many(session, [event], now=now)[0]
+
+
+def parse(body: bytes) -> ParsedEvent:
+    """Parse and validate one webhook body. Raises FormError or BadEvent for bad input."""
+    return validate_event(parse_form(body), get_settings().mailchimp_list_id)
+
+
+def receive_many(events: Sequence[ParsedEvent]) -> list[Receipt]:
+    """Store events in one transaction; after the commit, count them and ask for one apply run.
+
+    Raises SQLAlchemy errors when the database is away (the caller answers 503 so Mailchimp
+    retries); nothing is stored then.
+    """
     with session_scope() as session:
-        receipt = store(session, event)
-    label = event.type if event.type in KNOWN_TYPES else "unknown"
-    metrics.incr("webhook_events_received_total", type=label)
-    if receipt.created and receipt.state == EventState.PENDING:
+        receipts = store_many(session, events)
+    types = Counter(event.type if event.type in KNOWN_TYPES else "unknown" for event in events)
+    for label, count in types.items():
+        metrics.incr("webhook_events_received_total", count, type=label)
+    if any(r.created and r.state == EventState.PENDING for r in receipts):
         request_apply()
-    return receipt
+    return receipts
 
 
 def request_apply(*, force: bool = False) -> bool:

@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from config import get_settings
 from worker import metrics
 from worker.optouts import inbox
-from worker.optouts.events import KNOWN_TYPES, BadEvent
+from worker.optouts.events import KNOWN_TYPES, BadEvent, ParsedEvent
 from worker.optouts.form import FormError
+from worker.web.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ PREFIX = "/v1/mailchimp/webhook/"
 MAX_BODY_BYTES = 64 * 1024
 SIGNATURE_TOLERANCE_SECONDS = 300
 FORM_TYPE = "application/x-www-form-urlencoded"
+#: The events of concurrent requests are stored in one transaction (group_commit.py).
+_INBOX: GroupCommit[ParsedEvent, inbox.Receipt] = GroupCommit(inbox.receive_many)
 
 
 class _RedactWebhookSecret(logging.Filter):
@@ -187,11 +190,13 @@ async def receive(secret: str, request: Request) -> Response:
     if problem is not None:
         return await _refuse(401, problem, "missing, stale or invalid X-Mailchimp-Signature")
     try:
-        receipt = await run_in_threadpool(inbox.receive, raw)
+        event = inbox.parse(raw)
     except FormError as exc:
         return await _refuse(400, "malformed", str(exc))
     except BadEvent as exc:
         return await _refuse(400, exc.code, str(exc))
+    try:
+        receipt = await _INBOX.submit(event)
     except SQLAlchemyError as exc:
         log.warning("webhook: database unavailable (%s); answering 503", type(exc).__name__)
         await run_in_threadpool(metrics.incr, "webhook_rejected_total", reason="unavailable")

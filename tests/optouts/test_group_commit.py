@@ -1,0 +1,138 @@
+"""Webhooks that arrive together are stored together: the inbox's batch insert, the web
+process's group commit, and concurrent requests through the real ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from tests.optouts.payloads import FORM, URL, body, campaign, unsubscribe
+from worker.db import session_scope
+from worker.models import EventState, WebhookEvent
+from worker.optouts import inbox
+from worker.web.group_commit import GroupCommit
+
+AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=UTC)
+
+
+def parsed(n: int) -> Any:
+    return inbox.parse(body(unsubscribe(f"person.{n}@example.org", AT + timedelta(seconds=n))))
+
+
+def stored() -> int:
+    with session_scope() as session:
+        return int(session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
+
+
+# --- the batch insert -------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("store")
+def test_a_batch_stores_each_key_once_and_answers_in_order() -> None:
+    earlier = parsed(0)
+    with session_scope() as session:
+        first = inbox.store(session, earlier)
+    unknown = inbox.parse(body([("type", "merge_party"), *campaign(AT)[1:]]))
+    batch = [parsed(1), earlier, parsed(2), parsed(1), unknown]
+    with session_scope() as session:
+        receipts = inbox.store_many(session, batch)
+
+    assert [r.created for r in receipts] == [True, False, True, False, True]
+    assert receipts[1].event_id == first.event_id
+    assert receipts[3].event_id == receipts[0].event_id  # the repeat within the batch
+    assert [r.state for r in receipts] == [EventState.PENDING] * 4 + [EventState.IGNORED]
+    assert len({r.event_id for r in receipts}) == 4
+    assert stored() == 4
+
+
+# --- the group commit, with a store of the test's own -------------------------------------
+
+
+class Recorder:
+    """A store that records its batches and refuses items it is told to."""
+
+    def __init__(self, refuse: Exception | None = None, bad: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.release = threading.Event()
+        self.refuse = refuse
+        self.bad = bad
+
+    def __call__(self, items: Sequence[int]) -> list[int]:
+        self.release.wait(5)  # the first batch waits, so that the others pile up behind it
+        self.batches.append(list(items))
+        if self.refuse is not None and (self.bad is None or self.bad in items):
+            raise self.refuse
+        return [item * 10 for item in items]
+
+
+async def submit_all(group: GroupCommit[int, int], items: list[int], recorder: Recorder) -> Any:
+    tasks = [asyncio.ensure_future(group.submit(items[0]))]
+    await asyncio.sleep(0.05)  # the first batch is now being stored (and held up)
+    tasks += [asyncio.ensure_future(group.submit(item)) for item in items[1:]]
+    await asyncio.sleep(0.05)
+    recorder.release.set()
+    return await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def test_requests_waiting_behind_a_batch_share_the_next_one() -> None:
+    recorder = Recorder()
+    results = asyncio.run(submit_all(GroupCommit(recorder), list(range(10)), recorder))
+    assert results == [item * 10 for item in range(10)]
+    assert recorder.batches == [[0], list(range(1, 10))]
+
+
+def test_batches_are_capped() -> None:
+    recorder = Recorder()
+    results = asyncio.run(submit_all(GroupCommit(recorder, max_batch=4), list(range(9)), recorder))
+    assert results == [item * 10 for item in range(9)]
+    assert [len(batch) for batch in recorder.batches] == [1, 4, 4]
+
+
+def test_an_item_the_database_refuses_fails_alone() -> None:
+    refused = IntegrityError("INSERT", {}, Exception("refused"))
+    recorder = Recorder(refuse=refused, bad=3)
+    results = asyncio.run(submit_all(GroupCommit(recorder), list(range(6)), recorder))
+    assert results[3] is refused
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 10, 20, 40, 50]
+
+
+def test_when_the_database_is_away_every_waiting_request_gets_the_error() -> None:
+    away = OperationalError("INSERT", {}, Exception("connection refused"))
+    recorder = Recorder(refuse=away)
+    results = asyncio.run(submit_all(GroupCommit(recorder), list(range(6)), recorder))
+    assert all(r is away for r in results)
+    assert len(recorder.batches) == 2  # not retried item by item
+
+
+# --- concurrent requests through the real app ---------------------------------------------
+
+
+@pytest.mark.usefixtures("store")
+def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_client: Any) -> None:
+    from worker.web.app import create_app
+
+    distinct = [body(unsubscribe(f"person.{n}@example.org", AT)) for n in range(40)]
+    requests = distinct + distinct[:10]  # ten redeliveries, racing their originals
+
+    async def burst() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=create_app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            return await asyncio.gather(
+                *(http.post(URL, content=raw, headers=FORM) for raw in requests)
+            )
+
+    responses = asyncio.run(burst())
+    assert {r.status_code for r in responses} == {200}
+    statuses = [r.json()["status"] for r in responses]
+    assert statuses.count("stored") == 40
+    assert statuses.count("duplicate") == 10
+    assert stored() == 40
+    assert int(redis_client.llen("optouts")) == 1  # one apply run asked for, not forty

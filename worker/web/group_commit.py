@@ -1,0 +1,86 @@
+"""Group commit: requests that arrive together share one database transaction.
+
+Each webhook request used to take its own pooled connection, insert one row and commit. Under
+a burst that meant one commit (and often one fresh connection, past the pool's size) per
+request. Here every request hands its item to the process's `GroupCommit` and waits; one
+writer stores all items that arrived while the previous batch was being stored, in one call
+of `store` on a worker thread, then answers each request with its own result. A lone request
+is stored at once (no waiting for company), so latency at low rates is what it was.
+
+Failure stays per request: when a batch fails for a reason that is not the database being
+away (a row it refuses, say), each item is stored alone, so one bad item fails only its own
+request. When the database is away every request in the batch gets the error (and a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
+
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.concurrency import run_in_threadpool
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+#: Items per transaction at most; the rest wait for the next one.
+MAX_BATCH = 256
+#: Errors that mean the database is away: retrying the items one by one would not help.
+UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+class GroupCommit(Generic[Item, Result]):
+    """Batches concurrent `submit()` calls into calls of `store(items) -> results`.
+
+    `store` runs on a worker thread, returns one result per item in order, and is atomic:
+    on an exception nothing of the batch was stored.
+    """
+
+    def __init__(
+        self, store: Callable[[Sequence[Item]], list[Result]], max_batch: int = MAX_BATCH
+    ) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def submit(self, item: Item) -> Result:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests run several): start afresh
+            self._loop, self._waiting, self._writer = loop, [], None
+        future: asyncio.Future[Result] = loop.create_future()
+        self._waiting.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write())
+        return await future
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
+        try:
+            results = await run_in_threadpool(self._store, [item for item, _ in batch])
+        except UNAVAILABLE as exc:
+            for _, future in batch:
+                _fail(future, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                _fail(batch[0][1], exc)
+                return
+            for one in batch:  # find the item at fault: each alone, in its own transaction
+                await self._settle([one])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():  # done: the request was cancelled (client went away)
+                future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Result], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
