@@ -206,6 +206,18 @@ def test_released_or_ended_hold_makes_rows_due_again(rows: Rows) -> None:
 # --- runs: audit, dry run, chunks, budget ---------------------------------------------------
 
 
+def test_dry_run_counts_the_ips_that_go_with_their_submissions(rows: Rows) -> None:
+    contact = rows.contact()
+    for _ in range(3):
+        rows.submission(contact, need_until=T0, ip="192.0.2.1")  # IPs well inside retention
+    rows.submission(contact, need_until=T0 + 400 * DAY, ip="192.0.2.2")
+
+    dry = purge_at(T0 + DAY, dry_run=True)
+    real = purge_at(T0 + DAY)
+    assert dry.counts["ips"] == real.counts["ips"] == 3
+    assert rows.count(SubmissionIP) == 1
+
+
 def test_dry_run_counts_the_same_rows_and_deletes_nothing(rows: Rows) -> None:
     contact = rows.contact()
     for _ in range(3):
