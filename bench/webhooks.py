@@ -30,6 +30,7 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from worker.cli import processes  # noqa: E402
 from worker.cli.processes import free_port  # noqa: E402
 from worker.models import Base, EventState, WebhookEvent  # noqa: E402
 
@@ -116,7 +117,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duplicates", type=float, default=0.05, help="share re-sent (dedupe)")
     parser.add_argument("--web-workers", type=int, default=2)
-    parser.add_argument("--worker-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--worker-concurrency",
+        type=int,
+        default=2,
+        help="Celery processes, as LISTSYNC_WORKER_CONCURRENCY gives `listsync worker`",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--apply-timeout", type=float, default=600.0)
     parser.add_argument(
@@ -153,18 +159,8 @@ def main() -> None:
             procs.append(
                 subprocess.Popen(web_argv, env=env, cwd=ROOT, stdout=web_log, stderr=web_log)
             )
-            worker_argv = [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-Q",
-                "optouts",
-            ]
-            worker_argv += ["--pool", "threads", "--concurrency", str(args.worker_concurrency)]
-            worker_argv += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+            # The worker as `listsync worker` runs it (prefork), on the optouts queue only.
+            worker_argv = processes.worker_argv("optouts", args.worker_concurrency)
             if not args.worker_after:
                 procs.append(
                     subprocess.Popen(worker_argv, env=env, cwd=ROOT, stdout=w_log, stderr=w_log)
