@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -411,3 +412,64 @@ def test_a_reason_longer_than_the_column_is_cut_not_fatal() -> None:
     assert apply(deliver(event)) == (EventState.APPLIED, "status:cleaned")
     person = contact()
     assert person is not None and person.status_reason == ("cleaned:" + long_reason)[:64]
+
+
+def test_a_chunk_applied_together_ends_as_the_same_events_applied_one_by_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """apply_pending looks up a chunk's contacts and erasures once; renames, merges, new
+    contacts and erased people within one chunk must come out as they do event by event."""
+    from worker.models import Suppression, SuppressionReason
+    from worker.optouts.apply import apply_pending
+
+    other, new_person, erased = "ola.sky@example.org", "new.one@example.org", "gone@example.org"
+    deliveries = [
+        upemail(EMAIL, other, T0 + timedelta(minutes=1)),  # merges into an existing contact
+        unsubscribe(other, T0 + timedelta(minutes=2)),  # under the address it merged into
+        profile(EMAIL, T0 + timedelta(minutes=3), FNAME="Old"),  # the old address, now gone
+        unsubscribe(new_person, T0 + timedelta(minutes=4)),  # never seen: created unsubscribed
+        subscribe(new_person, T0 + timedelta(minutes=5), FNAME="New"),
+        cleaned(new_person, T0 + timedelta(minutes=6)),
+        unsubscribe(erased, T0 + timedelta(minutes=7)),
+        unsubscribe(EMAIL.upper(), T0 + timedelta(minutes=8)),  # the renamed address again
+    ]
+
+    def run(together: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        with session_scope() as session:
+            for table in (SyncJob, Submission, WebhookEvent, Contact, Suppression):
+                session.execute(delete(table))
+            session.add(Suppression(email_hash=email_hash(erased), reason=SuppressionReason.ERASED))
+        signed_up(EMAIL, FNAME="Zoë")
+        signed_up(other)
+        receipts = [deliver(fields) for fields in deliveries]
+        if together:
+            assert apply_pending() == len(deliveries)
+        else:
+            for receipt in receipts:
+                apply(receipt)
+        with session_scope() as session:
+            people = session.execute(
+                select(Contact.email_hash, Contact.status, Contact.status_reason).order_by(
+                    Contact.email_hash
+                )
+            ).all()
+            settled = session.execute(
+                select(WebhookEvent.state, WebhookEvent.outcome).order_by(WebhookEvent.fired_at)
+            ).all()
+            return [tuple(p) for p in people], [tuple(e) for e in settled]
+
+    one_by_one = run(together=False)
+    with caplog.at_level(logging.WARNING, logger="worker.optouts.apply"):
+        together = run(together=True)
+    assert together == one_by_one
+    assert "applying them one at a time" not in caplog.text  # together, not by the fallback
+    people, settled = together
+    # The merged contact and the renamed address (seen again, so created again) unsubscribed,
+    # the new person cleaned, the erased person nowhere.
+    assert sorted(status for _, status, _ in people) == [
+        ContactStatus.CLEANED,
+        ContactStatus.UNSUBSCRIBED,
+        ContactStatus.UNSUBSCRIBED,
+    ]
+    assert email_hash(erased) not in {key for key, _, _ in people}
+    assert (EventState.IGNORED, "erased") in settled

@@ -16,11 +16,12 @@ Restrictiveness, most first:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -185,16 +186,56 @@ def _apply_chunk(size: int) -> int:
                 .with_for_update(skip_locked=True)
             ).all()
             event_ids = [event.id for event in events]
+            _prefetch(session, events)
             results = [(event.id, _settle(session, event)) for event in events]
     except OperationalError:
         raise  # the database is away: the task retries the whole run
-    except Exception:
+    except Exception as exc:
+        log.warning(
+            "optouts: a chunk of %d events failed (%s); applying them one at a time",
+            len(event_ids),
+            type(exc).__name__,
+        )
         for event_id in event_ids:
             _apply_alone(event_id)
         return len(event_ids)
     for event_id, result in results:  # logged once committed: a rolled-back chunk says nothing
         _log_applied(event_id, result)
     return len(event_ids)
+
+
+@dataclass(frozen=True)
+class _Prefetched:
+    """What a chunk looked up once for all its events, instead of once per event."""
+
+    hashes: frozenset[str]  # the keys looked up
+    erased: frozenset[str]  # those erased
+    contacts: dict[str, Contact]  # their contacts, locked FOR UPDATE (in id order)
+
+
+_PREFETCHED = "listsync.optouts.prefetched"  # the key in Session.info, for this transaction
+
+
+def _prefetched(session: Session) -> _Prefetched | None:
+    found = session.info.get(_PREFETCHED)
+    return found if isinstance(found, _Prefetched) else None
+
+
+def _prefetch(session: Session, events: Sequence[WebhookEvent]) -> None:
+    hashes = frozenset(event.email_hash for event in events if event.email_hash)
+    if not hashes:
+        return
+    erased = session.scalars(
+        select(Suppression.email_hash).where(
+            Suppression.email_hash.in_(hashes), Suppression.reason == SuppressionReason.ERASED
+        )
+    )
+    contacts = session.scalars(
+        select(Contact).where(Contact.email_hash.in_(hashes)).order_by(Contact.id).with_for_update()
+    )
+    session.info[_PREFETCHED] = _Prefetched(
+        hashes, frozenset(erased), {contact.email_hash: contact for contact in contacts}
+    )
 
 
 def _apply_alone(event_id: int) -> None:
@@ -228,6 +269,9 @@ def _mark_failed(event_id: int, reason: str) -> None:
 
 def is_erased(session: Session, key: str) -> bool:
     """True when the address behind `key` was erased: nothing may be stored for it again."""
+    known = _prefetched(session)
+    if known is not None and key in known.hashes:
+        return key in known.erased
     return (
         session.scalar(
             select(Suppression.email_hash).where(
@@ -253,9 +297,20 @@ def apply_change(session: Session, change: Change) -> Result:
 
 
 def _locked_contact(session: Session, key: str) -> Contact | None:
+    known = _prefetched(session)
+    cached = known.contacts.get(key) if known is not None else None
+    if cached is not None and _still_theirs(session, cached, key):
+        return cached
     return session.scalars(
         select(Contact).where(Contact.email_hash == key).with_for_update()
     ).one_or_none()
+
+
+def _still_theirs(session: Session, contact: Contact, key: str) -> bool:
+    """Not renamed, merged away or deleted by an earlier event of the chunk."""
+    return (
+        contact.email_hash == key and inspect(contact).persistent and contact not in session.deleted
+    )
 
 
 def _insert(session: Session) -> Any:
@@ -267,12 +322,16 @@ def _ensure_contact(session: Session, email: str, change: Change) -> Contact:
 
     Creating it is what stops a later, stale signup from subscribing them again.
     """
+    key = email_hash(email)
+    known = _prefetched(session)
+    if known is not None and key in known.contacts and (found := _locked_contact(session, key)):
+        return found
     now = utcnow()
-    session.execute(
+    created = session.scalars(
         _insert(session)(Contact)
         .values(
             email=email,
-            email_hash=email_hash(email),
+            email_hash=key,
             status=ContactStatus.NEW,
             # Older than any event, so the event itself decides the status below.
             status_changed_at=change.fired_at - timedelta(seconds=1),
@@ -282,8 +341,11 @@ def _ensure_contact(session: Session, email: str, change: Change) -> Contact:
             updated_at=now,
         )
         .on_conflict_do_nothing(index_elements=["email_hash"])
-    )
-    contact = _locked_contact(session, email_hash(email))
+        .returning(Contact)
+    ).one_or_none()
+    if created is not None:  # new, so no other transaction can see it yet
+        return created
+    contact = _locked_contact(session, key)
     assert contact is not None
     return contact
 
