@@ -61,3 +61,9 @@ def test_sync_benchmark_compares_with_its_baseline_in_the_same_run() -> None:
     )
     assert "drain ratio listsync / baseline:" in out
     assert "zero 429s (listsync)" in out
+
+
+def test_apply_benchmark_applies_every_stored_event() -> None:
+    out = bench("bench/apply.py", "--events", "250")
+    assert "applied:             250 of 250 events" in out
+    assert "CPU per event:" in out
