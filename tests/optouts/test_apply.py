@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -473,3 +474,38 @@ def test_a_chunk_applied_together_ends_as_the_same_events_applied_one_by_one(
     ]
     assert email_hash(erased) not in {key for key, _, _ in people}
     assert (EventState.IGNORED, "erased") in settled
+
+
+def test_a_run_beside_another_never_applies_the_events_that_run_claimed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two apply runs at once (the default two worker processes) take different events. On
+    SQLite, which has no row locks, the claim must be a write: a read would let both apply."""
+    import threading
+
+    from worker.optouts.apply import _claim, _settle, apply_pending
+
+    for n in range(5):
+        deliver(unsubscribe(f"person.{n}@example.org", T0 + timedelta(minutes=n)))
+    claimed, second_started = threading.Event(), threading.Event()
+
+    def first_run() -> None:
+        with session_scope() as session:
+            events = _claim(session, 100)
+            claimed.set()
+            second_started.wait(5)
+            time.sleep(0.3)  # the second run is now past its read, or waiting to claim
+            for event in events:
+                _settle(session, event)
+
+    first = threading.Thread(target=first_run)
+    first.start()
+    assert claimed.wait(5)
+    second_started.set()
+    with caplog.at_level(logging.INFO, logger="worker.optouts.apply"):
+        assert apply_pending() == 0
+    first.join(10)
+    with session_scope() as session:
+        states = session.scalars(select(WebhookEvent.state)).all()
+    assert states == [EventState.APPLIED] * 5
+    assert "-> applied" not in caplog.text  # the second run applied nothing

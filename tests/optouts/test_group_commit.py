@@ -136,3 +136,16 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_clien
     assert statuses.count("duplicate") == 10
     assert stored() == 40
     assert int(redis_client.llen("optouts")) == 1  # one apply run asked for, not forty
+
+
+def test_if_the_writer_itself_fails_no_request_waits_for_ever() -> None:
+    def wrong_length(items: Sequence[int]) -> list[int]:
+        return []  # a bug: one result short per item
+
+    async def run() -> list[Any]:
+        group: GroupCommit[int, int] = GroupCommit(wrong_length)
+        tasks = [asyncio.ensure_future(group.submit(item)) for item in range(3)]
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+
+    results = asyncio.run(run())
+    assert len(results) == 3 and all(isinstance(r, ValueError) for r in results)

@@ -178,30 +178,66 @@ def _apply_chunk(size: int) -> int:
     event_ids: list[int] = []
     try:
         with session_scope() as session:
-            events = session.scalars(
-                select(WebhookEvent)
-                .where(WebhookEvent.state == EventState.PENDING)
-                .order_by(WebhookEvent.fired_at, WebhookEvent.id)
-                .limit(size)
-                .with_for_update(skip_locked=True)
-            ).all()
+            events = _claim(session, size)
             event_ids = [event.id for event in events]
             _prefetch(session, events)
             results = [(event.id, _settle(session, event)) for event in events]
-    except OperationalError:
-        raise  # the database is away: the task retries the whole run
+    except OperationalError as exc:
+        if not event_ids or not _deadlock(exc):
+            raise  # the database is away: the task retries the whole run
+        fallback: Exception = exc  # another run locked a contact we wanted, and we one of its
     except Exception as exc:
-        log.warning(
-            "optouts: a chunk of %d events failed (%s); applying them one at a time",
-            len(event_ids),
-            type(exc).__name__,
-        )
-        for event_id in event_ids:
-            _apply_alone(event_id)
+        if not event_ids:
+            raise  # the claim itself failed: nothing to apply one at a time
+        fallback = exc
+    else:
+        for event_id, result in results:  # logged once committed: a rolled-back chunk is not
+            _log_applied(event_id, result)
         return len(event_ids)
-    for event_id, result in results:  # logged once committed: a rolled-back chunk says nothing
-        _log_applied(event_id, result)
+    log.warning(
+        "optouts: a chunk of %d events failed (%s); applying them one at a time",
+        len(event_ids),
+        type(fallback).__name__,
+    )
+    for event_id in event_ids:
+        _apply_alone(event_id)
     return len(event_ids)
+
+
+def _claim(session: Session, size: int) -> list[WebhookEvent]:
+    """The next `size` pending events, oldest first, for this transaction alone.
+
+    PostgreSQL locks them (FOR UPDATE SKIP LOCKED: a run beside this one takes others).
+    SQLite has no row locks and would only take its write lock at the first write, after the
+    read: two runs could then read, and apply, the same events. So on SQLite the claim is a
+    write (a no-op UPDATE … RETURNING), which waits for the other run's commit and then sees
+    what it applied.
+    """
+    pending = (
+        select(WebhookEvent.id)
+        .where(WebhookEvent.state == EventState.PENDING)
+        .order_by(WebhookEvent.fired_at, WebhookEvent.id)
+        .limit(size)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        ids = list(session.scalars(pending.with_for_update(skip_locked=True)))
+    else:
+        claimed = session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id.in_(pending.scalar_subquery()))
+            .values(state=WebhookEvent.state)
+            .returning(WebhookEvent.id)
+            .execution_options(synchronize_session=False)
+        )
+        ids = [int(event_id) for event_id in claimed.scalars()]
+    if not ids:
+        return []
+    events = session.scalars(select(WebhookEvent).where(WebhookEvent.id.in_(ids))).all()
+    return sorted(events, key=lambda event: (event.fired_at, event.id))
+
+
+def _deadlock(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "40P01"
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,9 @@ def store_many(
     """
     now = now or utcnow()
     rows: dict[str, dict[str, Any]] = {}
-    for event in events:
+    # In key order: two batches inserting the same keys then wait for each other in the same
+    # order instead of deadlocking (a redelivery racing its original in another web process).
+    for event in sorted(events, key=lambda e: e.dedupe_key):
         rows.setdefault(event.dedupe_key, _row(event, now))
     # One statement compiled once and cached: SQLAlchemy's "insertmanyvalues" sends the rows
     # as multi-row INSERTs (a literal .values(list) would be compiled anew for each count).

@@ -15,11 +15,14 @@ request. When the database is away every request in the batch gets the error (an
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.concurrency import run_in_threadpool
+
+log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -57,10 +60,25 @@ class GroupCommit(Generic[Item, Result]):
         return await future
 
     async def _write(self) -> None:
-        while self._waiting:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
-            await self._settle(batch)
+        waiting = self._waiting
+        batch: list[tuple[Item, asyncio.Future[Result]]] = []
+        try:
+            while waiting:
+                batch = waiting[: self._max_batch]
+                del waiting[: self._max_batch]
+                await self._settle(batch)
+        except BaseException as exc:
+            # Whatever stopped the writer (a bug, cancellation at shutdown), no request may
+            # wait for ever: this batch and everything queued behind it gets the error.
+            for _, future in (*batch, *waiting):
+                if isinstance(exc, asyncio.CancelledError):
+                    future.cancel()
+                else:
+                    _fail(future, exc)
+            waiting.clear()
+            if not isinstance(exc, Exception):
+                raise  # cancellation, exit: not ours to swallow
+            log.error("group commit: the writer failed (%s)", type(exc).__name__)
 
     async def _settle(self, batch: list[tuple[Item, asyncio.Future[Result]]]) -> None:
         try:
