@@ -185,13 +185,13 @@ def _apply_chunk(size: int) -> int:
     except OperationalError as exc:
         if not event_ids or not _deadlock(exc):
             raise  # the database is away: the task retries the whole run
-        fallback: Exception = exc  # another run locked a contact we wanted, and we one of its
+        fallback: Exception = exc  # a deadlock with another run, which one event at a time avoids
     except Exception as exc:
         if not event_ids:
             raise  # the claim itself failed: nothing to apply one at a time
         fallback = exc
     else:
-        for event_id, result in results:  # logged once committed: a rolled-back chunk is not
+        for event_id, result in results:  # after the commit: a rolled-back chunk logs nothing
             _log_applied(event_id, result)
         return len(event_ids)
     log.warning(
