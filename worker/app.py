@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, worker_init, worker_process_init
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 
 app = Celery("listsync")
 app.config_from_object("celeryconfig")
@@ -30,3 +30,10 @@ def _check_config_files(**_: Any) -> None:
         check_config_files()
     except ConfigFileError as exc:
         raise SystemExit(f"invalid configuration file: {exc}") from None
+
+
+@worker_ready.connect
+def _apply_what_a_killed_worker_left(**_: Any) -> None:
+    from worker.optouts.inbox import on_worker_start
+
+    on_worker_start()

@@ -67,6 +67,19 @@ def test_redis_refusing_the_enqueue_still_answers_200_and_the_sweep_sends_it_lat
     assert redis_client.llen("optouts") == 1
 
 
+def test_a_starting_worker_asks_at_once_for_the_events_a_killed_worker_left_pending(
+    store: str, redis_client: Any
+) -> None:
+    inbox.on_worker_start()
+    assert redis_client.llen("optouts") == 0  # nothing pending: no run asked for
+    event = validate_event(parse_form(body(unsubscribe(EMAIL, AT))), "a1b2c3d4e5")
+    with session_scope() as session:  # a second old: far inside the sweep's grace
+        inbox.store(session, event, now=utcnow() - timedelta(seconds=1))
+    assert inbox.sweep() == 0
+    inbox.on_worker_start()
+    assert redis_client.llen("optouts") == 1
+
+
 def test_a_burst_of_webhooks_queues_one_apply_run_and_all_are_applied(
     client: TestClient, redis_client: Any
 ) -> None:

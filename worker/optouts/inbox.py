@@ -164,7 +164,7 @@ def clear_apply_request() -> None:
         get_redis().delete(APPLY_FLAG)
 
 
-def sweep(*, now: datetime | None = None) -> int:
+def sweep(*, now: datetime | None = None, grace: timedelta = SWEEP_GRACE) -> int:
     """Queue an apply run when events wait longer than they should (their message was lost).
 
     Returns how many such events there are.
@@ -174,10 +174,24 @@ def sweep(*, now: datetime | None = None) -> int:
         stale = session.scalar(
             select(func.count()).where(
                 WebhookEvent.state == EventState.PENDING,
-                WebhookEvent.received_at < now - SWEEP_GRACE,
+                WebhookEvent.received_at < now - grace,
             )
         )
     if stale:
-        log.warning("inbox sweep: %d events were never applied; queueing an apply run", stale)
+        log.warning("inbox sweep: %d events wait to be applied; queueing an apply run", stale)
         request_apply(force=True)
     return int(stale or 0)
+
+
+def on_worker_start() -> None:
+    """A worker that starts asks for an apply run when events are pending, at once.
+
+    A worker killed in the middle of a chunk leaves its events pending (the chunk rolled
+    back) and its apply message unacknowledged until the broker's visibility timeout; the
+    sweep would wait its grace first. Never raises: a worker must start whatever the state
+    of the database.
+    """
+    try:
+        sweep(grace=timedelta(0))
+    except Exception as exc:
+        log.warning("inbox: pending events not checked at start (%s)", type(exc).__name__)
