@@ -14,15 +14,13 @@ import argparse
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-
-from bench.webhooks import LIST_ID, PG, event_body  # noqa: E402
+from bench._common import pg_schema  # noqa: E402
+from bench.webhooks import LIST_ID, event_body  # noqa: E402
 
 
 def main() -> None:
@@ -30,14 +28,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=3000)
     args = parser.parse_args()
 
-    schema = "bench_apply_" + uuid.uuid4().hex[:8]
-    admin = create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    os.environ["LISTSYNC_DATABASE_URL"] = f"{PG}?options=-csearch_path%3D{schema}"
-    os.environ.setdefault("LISTSYNC_BROKER_URL", "redis://127.0.0.1:6379/12")
-    os.environ["LISTSYNC_MAILCHIMP_LIST_ID"] = LIST_ID
-    try:
+    with pg_schema(prefix="bench_apply_") as (url, _):
+        os.environ["LISTSYNC_DATABASE_URL"] = url
+        os.environ.setdefault("LISTSYNC_BROKER_URL", "redis://127.0.0.1:6379/12")
+        os.environ["LISTSYNC_MAILCHIMP_LIST_ID"] = LIST_ID
         from worker.db import dispose_engines, get_engine, session_scope
         from worker.models import Base
         from worker.optouts import inbox
@@ -56,14 +50,10 @@ def main() -> None:
             if count < APPLY_BATCH:
                 break
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        print(f"applied:             {applied} of {len(events)} events in {wall:.2f} s")
-        print(f"events/s:            {applied / wall:,.0f}  (one process)")
-        print(f"CPU per event:       {cpu / max(applied, 1) * 1000:.2f} ms")
         dispose_engines()
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    print(f"applied:             {applied} of {len(events)} events in {wall:.2f} s")
+    print(f"events/s:            {applied / wall:,.0f}  (one process)")
+    print(f"CPU per event:       {cpu / max(applied, 1) * 1000:.2f} ms")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -483,27 +482,38 @@ def test_a_run_beside_another_never_applies_the_events_that_run_claimed(
     SQLite, which has no row locks, the claim must be a write: a read would let both apply."""
     import threading
 
+    from sqlalchemy import event
+
+    from worker.db import get_engine
     from worker.optouts.apply import _claim, _settle, apply_pending
 
     for n in range(5):
         deliver(unsubscribe(f"person.{n}@example.org", T0 + timedelta(minutes=n)))
-    claimed, second_started = threading.Event(), threading.Event()
+    claimed, second_read = threading.Event(), threading.Event()
+
+    def note_second_run_read(*_: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            second_read.set()  # the second run's claim has gone to the database
 
     def first_run() -> None:
         with session_scope() as session:
             events = _claim(session, 100)
             claimed.set()
-            second_started.wait(5)
-            time.sleep(0.3)  # the second run is now past its read, or waiting to claim
+            # Settle only once the second run has read: a read-only claim would see these
+            # events as pending and apply them again after this commit.
+            assert second_read.wait(10)
             for event in events:
                 _settle(session, event)
 
+    event.listen(get_engine(), "after_cursor_execute", note_second_run_read)
     first = threading.Thread(target=first_run)
     first.start()
     assert claimed.wait(5)
-    second_started.set()
-    with caplog.at_level(logging.INFO, logger="worker.optouts.apply"):
-        assert apply_pending() == 0
+    try:
+        with caplog.at_level(logging.INFO, logger="worker.optouts.apply"):
+            assert apply_pending() == 0
+    finally:
+        event.remove(get_engine(), "after_cursor_execute", note_second_run_read)
     first.join(10)
     with session_scope() as session:
         states = session.scalars(select(WebhookEvent.state)).all()

@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tests.optouts.payloads import FORM, URL, body, campaign, unsubscribe
+from tests.optouts.test_receiver import event_count
 from worker.db import session_scope
-from worker.models import EventState, WebhookEvent
+from worker.models import EventState
 from worker.optouts import inbox
 from worker.web.group_commit import GroupCommit
 
@@ -25,11 +25,6 @@ AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=UTC)
 
 def parsed(n: int) -> Any:
     return inbox.parse(body(unsubscribe(f"person.{n}@example.org", AT + timedelta(seconds=n))))
-
-
-def stored() -> int:
-    with session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(WebhookEvent)) or 0)
 
 
 # --- the batch insert -------------------------------------------------------------------
@@ -50,7 +45,7 @@ def test_a_batch_stores_each_key_once_and_answers_in_order() -> None:
     assert receipts[3].event_id == receipts[0].event_id  # the repeat within the batch
     assert [r.state for r in receipts] == [EventState.PENDING] * 4 + [EventState.IGNORED]
     assert len({r.event_id for r in receipts}) == 4
-    assert stored() == 4
+    assert event_count() == 4
 
 
 # --- the group commit, with a store of the test's own -------------------------------------
@@ -61,11 +56,13 @@ class Recorder:
 
     def __init__(self, refuse: Exception | None = None, bad: int | None = None) -> None:
         self.batches: list[list[int]] = []
+        self.started = threading.Event()
         self.release = threading.Event()
         self.refuse = refuse
         self.bad = bad
 
     def __call__(self, items: Sequence[int]) -> list[int]:
+        self.started.set()
         self.release.wait(5)  # the first batch waits, so that the others pile up behind it
         self.batches.append(list(items))
         if self.refuse is not None and (self.bad is None or self.bad in items):
@@ -75,9 +72,9 @@ class Recorder:
 
 async def submit_all(group: GroupCommit[int, int], items: list[int], recorder: Recorder) -> Any:
     tasks = [asyncio.ensure_future(group.submit(items[0]))]
-    await asyncio.sleep(0.05)  # the first batch is now being stored (and held up)
+    assert await asyncio.to_thread(recorder.started.wait, 5)  # the first batch is held up
     tasks += [asyncio.ensure_future(group.submit(item)) for item in items[1:]]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0)  # one turn of the loop: each new task has queued its item
     recorder.release.set()
     return await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -134,7 +131,7 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_clien
     statuses = [r.json()["status"] for r in responses]
     assert statuses.count("stored") == 40
     assert statuses.count("duplicate") == 10
-    assert stored() == 40
+    assert event_count() == 40
     assert int(redis_client.llen("optouts")) == 1  # one apply run asked for, not forty
 
 

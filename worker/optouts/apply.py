@@ -208,32 +208,32 @@ def _claim(session: Session, size: int) -> list[WebhookEvent]:
     """The next `size` pending events, oldest first, for this transaction alone.
 
     PostgreSQL locks them (FOR UPDATE SKIP LOCKED: a run beside this one takes others).
-    SQLite has no row locks and would only take its write lock at the first write, after the
-    read: two runs could then read, and apply, the same events. So on SQLite the claim is a
-    write (a no-op UPDATE … RETURNING), which waits for the other run's commit and then sees
-    what it applied.
+    SQLite ignores FOR UPDATE, so two runs can read the same events; as `worker.sync.claim`
+    does, a write then re-checks their state, and SQLite's one-writer-at-a-time lock makes
+    the run that comes second keep only the events the first did not apply.
     """
-    pending = (
-        select(WebhookEvent.id)
+    events = session.scalars(
+        select(WebhookEvent)
         .where(WebhookEvent.state == EventState.PENDING)
         .order_by(WebhookEvent.fired_at, WebhookEvent.id)
         .limit(size)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        ids = list(session.scalars(pending.with_for_update(skip_locked=True)))
-    else:
-        claimed = session.execute(
+        .with_for_update(skip_locked=True)
+    ).all()
+    if not events or session.get_bind().dialect.name == "postgresql":
+        return list(events)
+    still_pending = set(
+        session.scalars(
             update(WebhookEvent)
-            .where(WebhookEvent.id.in_(pending.scalar_subquery()))
-            .values(state=WebhookEvent.state)
+            .where(
+                WebhookEvent.id.in_([event.id for event in events]),
+                WebhookEvent.state == EventState.PENDING,
+            )
+            .values(state=WebhookEvent.state)  # a write that changes nothing
             .returning(WebhookEvent.id)
             .execution_options(synchronize_session=False)
         )
-        ids = [int(event_id) for event_id in claimed.scalars()]
-    if not ids:
-        return []
-    events = session.scalars(select(WebhookEvent).where(WebhookEvent.id.in_(ids))).all()
-    return sorted(events, key=lambda event: (event.fired_at, event.id))
+    )
+    return [event for event in events if event.id in still_pending]
 
 
 def _deadlock(exc: OperationalError) -> bool:

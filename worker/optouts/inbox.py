@@ -105,11 +105,12 @@ def store_many(
         )
         known = {key: (int(event_id), str(state)) for event_id, key, state in found}
     receipts: list[Receipt] = []
+    new = set(inserted)
     for event in events:
         key = event.dedupe_key
         if key in inserted:
-            first = rows.pop(key, None) is not None  # popped: a repeat in `events` is not new
-            receipts.append(Receipt(inserted[key], created=first, state=_state(event)))
+            receipts.append(Receipt(inserted[key], created=key in new, state=_state(event)))
+            new.discard(key)  # a repeat later in `events` is not new
         else:
             event_id, state = known[key]
             receipts.append(Receipt(event_id, created=False, state=state))

@@ -145,6 +145,8 @@ class Step:
     key: Any  # the id column selected in chunks
     due: Callable[[Schedule, datetime], ColumnElement[bool]]
     remove: Callable[[Session, ColumnElement[bool], Schedule, datetime], dict[str, int]]
+    #: What a dry run counts for this kind, when the step is not the only one removing it.
+    counted: Callable[[Schedule, datetime], ColumnElement[bool]] | None = None
 
     def select_due(self, schedule: Schedule, now: datetime) -> Select[Any]:
         return select(self.key).where(self.due(schedule, now))
@@ -179,6 +181,14 @@ def _due_ip(s: Schedule, now: datetime) -> ColumnElement[bool]:
             submission.c.id == SubmissionIP.submission_id,
             _submission_held(submission.c.id, submission.c.contact_id, now),
         ),
+    )
+
+
+def _ip_goes(s: Schedule, now: datetime) -> ColumnElement[bool]:
+    """Every IP a purge removes: its own step's, and those of due submissions."""
+    return or_(
+        _due_ip(s, now),
+        SubmissionIP.submission_id.in_(select(Submission.id).where(_due_submission(s, now))),
     )
 
 
@@ -268,7 +278,7 @@ def _remove_runs(
 STEPS = (
     Step("sync_jobs", SyncJob.id, _due_job, _remove_jobs),
     Step("submissions", Submission.id, _due_submission, _remove_submissions),
-    Step("ips", SubmissionIP.submission_id, _due_ip, _remove_ips),
+    Step("ips", SubmissionIP.submission_id, _due_ip, _remove_ips, counted=_ip_goes),
     Step("webhook_payloads", WebhookEvent.id, _due_payload, _remove_payloads),
     Step("contacts", Contact.id, _due_contact, _remove_contacts),
     Step("purge_runs", PurgeRun.id, _due_run, _remove_runs),
@@ -286,16 +296,8 @@ def count_due(session: Session, schedule: Schedule, now: datetime) -> dict[str, 
     """How many rows of each kind a purge at `now` would remove."""
     counts: dict[str, int] = {}
     for step in STEPS:
-        due = step.select_due(schedule, now)
-        if step.kind == "ips":  # the IPs of due submissions go in the submissions step
-            due_submission = _due_submission(schedule, now)
-            due = select(SubmissionIP.submission_id).where(
-                or_(
-                    _due_ip(schedule, now),
-                    SubmissionIP.submission_id.in_(select(Submission.id).where(due_submission)),
-                )
-            )
-        sub = due.subquery()
+        counted = step.counted or step.due
+        sub = select(step.key).where(counted(schedule, now)).subquery()
         counts[step.kind] = int(session.scalar(select(func.count()).select_from(sub)) or 0)
     return counts
 
