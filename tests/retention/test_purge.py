@@ -366,6 +366,44 @@ def test_purge_killed_midway_leaves_committed_chunks_and_a_rerun_finishes(
     assert rows.count(Submission) == 0 and rows.count(SubmissionIP) == 0
 
 
+def test_chunk_commits_do_not_wait_for_the_disk_and_the_closing_commit_does(rows: Rows) -> None:
+    """A chunk lost in a database crash is purged again by the next run, so on PostgreSQL its
+    commit is asynchronous; the run's closing commit is not, and it makes every chunk before
+    it durable (WAL is flushed in order)."""
+    from sqlalchemy import event
+
+    from worker.db import get_engine
+
+    contact = rows.contact()
+    for _ in range(3):
+        rows.submission(contact, need_until=T0)
+    engine = get_engine()
+    transactions: list[list[str]] = [[]]
+
+    def statement(conn: object, cursor: object, sql: str, *args: object) -> None:
+        transactions[-1].append(sql)
+
+    def commit(conn: object) -> None:
+        transactions.append([])
+
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "commit", commit)
+    try:
+        result = purge_at(T0 + DAY, chunk_size=2)
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+        event.remove(engine, "commit", commit)
+    assert result.counts["submissions"] == 3 and rows.count(Submission) == 0
+
+    asynchronous = "SET LOCAL synchronous_commit = off"
+    postgres = engine.dialect.name == "postgresql"
+    chunks = [t for t in transactions if any(s.startswith("DELETE FROM submission ") for s in t)]
+    assert len(chunks) == 2
+    assert all((asynchronous in t) == postgres for t in chunks)
+    (closing,) = [t for t in transactions if any("SET finished_at" in s for s in t)]
+    assert asynchronous not in closing
+
+
 # --- the schedule is not retroactive (P8) ----------------------------------------------------
 
 

@@ -32,8 +32,10 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Delete,
     Engine,
     Select,
+    Update,
     and_,
     any_,
     delete,
@@ -166,9 +168,9 @@ def _remove_submissions(
     # The due condition is checked again in the delete: a hold added since the select wins.
     # IPs go explicitly (not only by cascade) so they are counted.
     doomed = select(Submission.id).where(chunk, _due_submission(s, now))
-    ips = session.execute(delete(SubmissionIP).where(SubmissionIP.submission_id.in_(doomed)))
-    subs = session.execute(delete(Submission).where(chunk, _due_submission(s, now)))
-    return {"submissions": _rowcount(subs), "ips": _rowcount(ips)}
+    ips = _bulk(session, delete(SubmissionIP).where(SubmissionIP.submission_id.in_(doomed)))
+    subs = _bulk(session, delete(Submission).where(chunk, _due_submission(s, now)))
+    return {"submissions": subs, "ips": ips}
 
 
 def _due_ip(s: Schedule, now: datetime) -> ColumnElement[bool]:
@@ -195,7 +197,7 @@ def _ip_goes(s: Schedule, now: datetime) -> ColumnElement[bool]:
 def _remove_ips(
     session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
 ) -> dict[str, int]:
-    return {"ips": _rowcount(session.execute(delete(SubmissionIP).where(chunk, _due_ip(s, now))))}
+    return {"ips": _bulk(session, delete(SubmissionIP).where(chunk, _due_ip(s, now)))}
 
 
 def _due_payload(s: Schedule, now: datetime) -> ColumnElement[bool]:
@@ -213,8 +215,7 @@ def _remove_payloads(
 ) -> dict[str, int]:
     # null(): SQL NULL rather than the JSON value null, so `payload IS NULL` finds it.
     stmt = update(WebhookEvent).where(chunk, _due_payload(s, now)).values(payload=null())
-    stmt = stmt.execution_options(synchronize_session=False)
-    return {"webhook_payloads": _rowcount(session.execute(stmt))}
+    return {"webhook_payloads": _bulk(session, stmt)}
 
 
 def _due_job(s: Schedule, now: datetime) -> ColumnElement[bool]:
@@ -231,7 +232,7 @@ def _due_job(s: Schedule, now: datetime) -> ColumnElement[bool]:
 def _remove_jobs(
     session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
 ) -> dict[str, int]:
-    return {"sync_jobs": _rowcount(session.execute(delete(SyncJob).where(chunk, _due_job(s, now))))}
+    return {"sync_jobs": _bulk(session, delete(SyncJob).where(chunk, _due_job(s, now)))}
 
 
 def _due_contact(s: Schedule, now: datetime) -> ColumnElement[bool]:
@@ -258,9 +259,7 @@ def _remove_contacts(
             ),
         )
     )
-    return {
-        "contacts": _rowcount(session.execute(delete(Contact).where(chunk, _due_contact(s, now))))
-    }
+    return {"contacts": _bulk(session, delete(Contact).where(chunk, _due_contact(s, now)))}
 
 
 def _due_run(s: Schedule, now: datetime) -> ColumnElement[bool]:
@@ -270,9 +269,7 @@ def _due_run(s: Schedule, now: datetime) -> ColumnElement[bool]:
 def _remove_runs(
     session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
 ) -> dict[str, int]:
-    return {
-        "purge_runs": _rowcount(session.execute(delete(PurgeRun).where(chunk, _due_run(s, now))))
-    }
+    return {"purge_runs": _bulk(session, delete(PurgeRun).where(chunk, _due_run(s, now)))}
 
 
 STEPS = (
@@ -285,7 +282,13 @@ STEPS = (
 )
 
 
-def _rowcount(result: Any) -> int:
+def _bulk(session: Session, stmt: Delete | Update) -> int:
+    """Run a set-based DELETE or UPDATE and return how many rows it changed.
+
+    The purge's sessions hold no objects of the tables they delete from, so there is nothing
+    to synchronize; by default SQLAlchemy would add RETURNING and walk every deleted id in
+    Python, a fifth of the purge's CPU."""
+    result = session.execute(stmt.execution_options(synchronize_session=False))
     return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
 
@@ -418,54 +421,82 @@ def _run(
         result.run_id = _write_run(session, result, now)
         session.commit()
     run_id = result.run_id
-    postgres = sessions.kw["bind"].dialect.name == "postgresql"
     try:
-        for step in STEPS:
-            while True:
-                tx_started = time.monotonic()
-                with sessions() as session:
-                    stmt = step.select_due(schedule, now).limit(chunk_size)
-                    if postgres:
-                        # Rows another transaction holds (a flush setting need_until) wait
-                        # for the next chunk or run rather than stall either side.
-                        stmt = stmt.with_for_update(of=step.key.table, skip_locked=True)
-                    ids = list(session.scalars(stmt))
-                    chunk = _among(step.key, ids, postgres)
-                    removed = step.remove(session, chunk, schedule, now) if ids else {}
-                    for kind, n in removed.items():
-                        result.counts[kind] += n
-                    session.execute(
-                        update(PurgeRun)
-                        .where(PurgeRun.id == run_id)
-                        .values(counts=dict(result.counts))
-                    )
-                    session.commit()
-                seconds = time.monotonic() - tx_started
-                result.longest_transaction_seconds = max(
-                    result.longest_transaction_seconds, seconds
-                )
-                log.debug(
-                    "purge: %s chunk of %d: %s in %.3fs", step.kind, len(ids), removed, seconds
-                )
-                if not ids:
-                    break
-                for kind, n in removed.items():
-                    if n:
-                        metrics.incr("purged_rows_total", amount=n, kind=kind)
-                    if progress is not None:
-                        progress(kind, n)
-                if len(ids) < chunk_size:
-                    break
-                # Checked after a chunk, so every run makes progress however small the budget.
-                if budget is not None and time.monotonic() - started >= budget:
+        # One session (one pooled connection) for the whole run; each chunk commits its own
+        # transaction.
+        with sessions() as session:
+            for step in STEPS:
+                if not _run_step(
+                    session, step, schedule, now, chunk_size, budget, progress, result, started
+                ):
                     result.complete = False
                     break
-            if not result.complete:
-                break
     except Exception as exc:
         _finish(sessions, result, run_id, started, error=type(exc).__name__)
         raise
     _finish(sessions, result, run_id, started, error=None)
+
+
+def _run_step(
+    session: Session,
+    step: Step,
+    schedule: Schedule,
+    now: datetime,
+    chunk_size: int,
+    budget: float | None,
+    progress: Progress | None,
+    result: PurgeResult,
+    started: float,
+) -> bool:
+    """Purge one kind chunk by chunk until none is due. False: stopped at the time budget."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    while True:
+        tx_started = time.monotonic()
+        taken, removed = _purge_chunk(session, step, schedule, now, chunk_size, postgres, result)
+        seconds = time.monotonic() - tx_started
+        result.longest_transaction_seconds = max(result.longest_transaction_seconds, seconds)
+        log.debug("purge: %s chunk of %d: %s in %.3fs", step.kind, taken, removed, seconds)
+        for kind, n in removed.items():
+            if n:
+                metrics.incr("purged_rows_total", amount=n, kind=kind)
+            if progress is not None:
+                progress(kind, n)
+        if taken < chunk_size:
+            return True
+        # Checked after a chunk, so every run makes progress however small the budget.
+        if budget is not None and time.monotonic() - started >= budget:
+            return False
+
+
+def _purge_chunk(
+    session: Session,
+    step: Step,
+    schedule: Schedule,
+    now: datetime,
+    chunk_size: int,
+    postgres: bool,
+    result: PurgeResult,
+) -> tuple[int, dict[str, int]]:
+    """One transaction: take up to `chunk_size` due ids of `step`, remove them, and add
+    their counts to the run's audit row in the same commit. Returns (ids taken, removed)."""
+    stmt = step.select_due(schedule, now).limit(chunk_size)
+    if postgres:
+        # A chunk lost in a database crash is purged again by the next run (its audit counts
+        # roll back with it), so its commit need not wait for the disk; the run's final,
+        # synchronous commit (_finish) makes every chunk before it durable.
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+        # Rows another transaction holds (a flush setting need_until) wait for the next
+        # chunk or run rather than stall either side.
+        stmt = stmt.with_for_update(of=step.key.table, skip_locked=True)
+    ids = list(session.scalars(stmt))
+    removed = step.remove(session, _among(step.key, ids, postgres), schedule, now) if ids else {}
+    for kind, n in removed.items():
+        result.counts[kind] += n
+    session.execute(
+        update(PurgeRun).where(PurgeRun.id == result.run_id).values(counts=dict(result.counts))
+    )
+    session.commit()
+    return len(ids), removed
 
 
 def _among(key: Any, ids: list[Any], postgres: bool) -> ColumnElement[bool]:
