@@ -423,6 +423,7 @@ def test_a_chunk_applied_together_ends_as_the_same_events_applied_one_by_one(
     from worker.optouts.apply import apply_pending
 
     other, new_person, erased = "ola.sky@example.org", "new.one@example.org", "gone@example.org"
+    third, moved_to = "kim.park@example.org", "kim.new@example.org"
     deliveries = [
         upemail(EMAIL, other, T0 + timedelta(minutes=1)),  # merges into an existing contact
         unsubscribe(other, T0 + timedelta(minutes=2)),  # under the address it merged into
@@ -432,15 +433,20 @@ def test_a_chunk_applied_together_ends_as_the_same_events_applied_one_by_one(
         cleaned(new_person, T0 + timedelta(minutes=6)),
         unsubscribe(erased, T0 + timedelta(minutes=7)),
         unsubscribe(EMAIL.upper(), T0 + timedelta(minutes=8)),  # the renamed address again
+        upemail(third, moved_to, T0 + timedelta(minutes=9)),  # onto an address never seen
+        unsubscribe(moved_to, T0 + timedelta(minutes=10)),  # its moved job is suppressed
     ]
 
-    def run(together: bool) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    Rows = list[tuple[Any, ...]]
+
+    def run(together: bool) -> tuple[Rows, Rows, Rows]:
         with session_scope() as session:
             for table in (SyncJob, Submission, WebhookEvent, Contact, Suppression):
                 session.execute(delete(table))
             session.add(Suppression(email_hash=email_hash(erased), reason=SuppressionReason.ERASED))
         signed_up(EMAIL, FNAME="Zoë")
         signed_up(other)
+        signed_up(third)
         receipts = [deliver(fields) for fields in deliveries]
         if together:
             assert apply_pending() == len(deliveries)
@@ -456,21 +462,33 @@ def test_a_chunk_applied_together_ends_as_the_same_events_applied_one_by_one(
             settled = session.execute(
                 select(WebhookEvent.state, WebhookEvent.outcome).order_by(WebhookEvent.fired_at)
             ).all()
-            return [tuple(p) for p in people], [tuple(e) for e in settled]
+            queued = session.execute(
+                select(SyncJob.email_hash, SyncJob.state).order_by(SyncJob.id)
+            ).all()
+            return (
+                [tuple(p) for p in people],
+                [tuple(e) for e in settled],
+                [tuple(j) for j in queued],
+            )
 
     one_by_one = run(together=False)
     with caplog.at_level(logging.WARNING, logger="worker.optouts.apply"):
         together = run(together=True)
     assert together == one_by_one
     assert "applying them one at a time" not in caplog.text  # together, not by the fallback
-    people, settled = together
-    # The merged contact and the renamed address (seen again, so created again) unsubscribed,
-    # the new person cleaned, the erased person nowhere.
+    people, settled, queued = together
+    # The merged contact, the renamed address (seen again, so created again) and the contact
+    # renamed onto a new address unsubscribed, the new person cleaned, the erased person
+    # nowhere; every job suppressed, the moved one under its new address.
     assert sorted(status for _, status, _ in people) == [
         ContactStatus.CLEANED,
         ContactStatus.UNSUBSCRIBED,
         ContactStatus.UNSUBSCRIBED,
+        ContactStatus.UNSUBSCRIBED,
     ]
+    assert (EventState.APPLIED, "email_changed") in settled
+    assert (email_hash(moved_to), JobState.SUPPRESSED) in queued
+    assert {state for _, state in queued} == {JobState.SUPPRESSED}
     assert email_hash(erased) not in {key for key, _, _ in people}
     assert (EventState.IGNORED, "erased") in settled
 

@@ -16,12 +16,12 @@ Restrictiveness, most first:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import inspect, select, update
+from sqlalchemy import Select, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -247,9 +247,11 @@ class _Prefetched:
     hashes: frozenset[str]  # the keys looked up
     erased: frozenset[str]  # those erased
     contacts: dict[str, Contact]  # their contacts, locked FOR UPDATE (in id order)
+    jobs: dict[str, list[SyncJob]]  # their pending upserts and updates
 
 
 _PREFETCHED = "listsync.optouts.prefetched"  # the key in Session.info, for this transaction
+_JOBS_MOVED = "listsync.optouts.jobs-moved"  # set once _rehash has moved jobs to a new hash
 
 
 def _prefetched(session: Session) -> _Prefetched | None:
@@ -261,17 +263,83 @@ def _prefetch(session: Session, events: Sequence[WebhookEvent]) -> None:
     hashes = frozenset(event.email_hash for event in events if event.email_hash)
     if not hashes:
         return
-    erased = session.scalars(
-        select(Suppression.email_hash).where(
-            Suppression.email_hash.in_(hashes), Suppression.reason == SuppressionReason.ERASED
+    erased = frozenset(
+        session.scalars(
+            select(Suppression.email_hash).where(
+                Suppression.email_hash.in_(hashes),
+                Suppression.reason == SuppressionReason.ERASED,
+            )
         )
     )
-    contacts = session.scalars(
-        select(Contact).where(Contact.email_hash.in_(hashes)).order_by(Contact.id).with_for_update()
+    contacts = {
+        contact.email_hash: contact
+        for contact in session.scalars(
+            select(Contact)
+            .where(Contact.email_hash.in_(hashes))
+            .order_by(Contact.id)
+            .with_for_update()
+        )
+    }
+    contacts.update(_create_contacts(session, events, erased, contacts))
+    jobs: dict[str, list[SyncJob]] = {}
+    for job in session.scalars(_pending_jobs_of(hashes)):
+        jobs.setdefault(job.email_hash, []).append(job)
+    session.info[_PREFETCHED] = _Prefetched(hashes, erased, contacts, jobs)
+
+
+def _create_contacts(
+    session: Session,
+    events: Sequence[WebhookEvent],
+    erased: frozenset[str],
+    existing: dict[str, Contact],
+) -> dict[str, Contact]:
+    """Create, in one INSERT, the contacts `_ensure_contact` would create one by one: people
+    first heard of through a status event of this chunk.
+
+    Only where that status event is the chunk's first about them and no address change in
+    the chunk names them; everywhere else the event-by-event path decides, so the end state
+    is the same either way.
+    """
+    first: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set(existing) | erased
+    renamed: set[str] = set()
+    now = utcnow()
+    for event in events:
+        if event.payload is None:
+            continue
+        change = change_from_event(event)
+        if change.kind == "upemail":
+            renamed.update(email_hash(e) for e in (change.email, change.new_email) if e)
+        elif change.email and (key := email_hash(change.email)) not in seen:
+            seen.add(key)
+            if change.kind == "status" and change.status is not None:
+                first[key] = _new_contact(change.email, key, change, now)
+    # In key order, as the inbox inserts: two runs creating the same people cannot deadlock.
+    rows = [first[key] for key in sorted(first) if key not in renamed]
+    if not rows:
+        return {}
+    insert = (
+        _insert(session)(Contact)
+        .on_conflict_do_nothing(index_elements=["email_hash"])
+        .returning(Contact)
     )
-    session.info[_PREFETCHED] = _Prefetched(
-        hashes, frozenset(erased), {contact.email_hash: contact for contact in contacts}
-    )
+    # Another transaction may have created one meanwhile: it is not returned, and the
+    # event-by-event path finds and locks it.
+    return {contact.email_hash: contact for contact in session.scalars(insert, rows)}
+
+
+def _new_contact(email: str, key: str, change: Change, now: datetime) -> dict[str, Any]:
+    return {
+        "email": email,
+        "email_hash": key,
+        "status": ContactStatus.NEW,
+        # Older than any event, so the event itself decides the status.
+        "status_changed_at": change.fired_at - timedelta(seconds=1),
+        "status_source": change.source,
+        "merge_fields": {},
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _apply_alone(event_id: int) -> None:
@@ -362,20 +430,9 @@ def _ensure_contact(session: Session, email: str, change: Change) -> Contact:
     known = _prefetched(session)
     if known is not None and key in known.contacts and (found := _locked_contact(session, key)):
         return found
-    now = utcnow()
     created = session.scalars(
         _insert(session)(Contact)
-        .values(
-            email=email,
-            email_hash=key,
-            status=ContactStatus.NEW,
-            # Older than any event, so the event itself decides the status below.
-            status_changed_at=change.fired_at - timedelta(seconds=1),
-            status_source=change.source,
-            merge_fields={},
-            created_at=now,
-            updated_at=now,
-        )
+        .values(_new_contact(email, key, change, utcnow()))
         .on_conflict_do_nothing(index_elements=["email_hash"])
         .returning(Contact)
     ).one_or_none()
@@ -435,21 +492,26 @@ def _apply_status(session: Session, change: Change) -> Result:
     return Result(EventState.APPLIED, f"status:{change.status}", changed_status=True)
 
 
+def _pending_jobs_of(hashes: Collection[str]) -> Select[SyncJob]:
+    return select(SyncJob).where(
+        SyncJob.email_hash.in_(hashes),
+        SyncJob.state == JobState.PENDING,
+        SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
+    )
+
+
 def suppress_pending_jobs(session: Session, contact: Contact, reason: str) -> int:
     """End the contact's pending upserts and updates as suppressed; returns how many.
 
     Their submissions' retention clock starts now, as it does for jobs the flush suppresses.
     """
     now = utcnow()
-    jobs = list(
-        session.scalars(
-            select(SyncJob).where(
-                SyncJob.email_hash == contact.email_hash,
-                SyncJob.state == JobState.PENDING,
-                SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
-            )
-        )
-    )
+    key = contact.email_hash
+    known = _prefetched(session)
+    if known is not None and key in known.hashes and not session.info.get(_JOBS_MOVED):
+        jobs = [job for job in known.jobs.get(key, []) if job.state == JobState.PENDING]
+    else:
+        jobs = list(session.scalars(_pending_jobs_of([key])))
     for job in jobs:
         job.state = JobState.SUPPRESSED
         job.outcome = reason
@@ -533,6 +595,7 @@ def _apply_upemail(session: Session, change: Change) -> Result:
 
 def _rehash(session: Session, old_hash: str, new_hash: str) -> None:
     """Pending jobs and holds follow the person to the new address."""
+    session.info[_JOBS_MOVED] = True  # the chunk's prefetched jobs no longer say whose they are
     session.execute(
         update(SyncJob)
         .where(SyncJob.email_hash == old_hash, SyncJob.state == JobState.PENDING)
