@@ -329,3 +329,40 @@ def test_the_access_log_hides_the_path_secret() -> None:
         assert not isinstance(log_filter, logging.Filter) or log_filter.filter(record)
     assert SECRET not in record.getMessage()
     assert "/v1/mailchimp/webhook/***" in record.getMessage()
+
+
+def test_the_routed_post_answers_exactly_as_the_fast_path(client: TestClient) -> None:
+    """create_app answers webhook POSTs in the FastPath middleware, before routing; the route
+    it skips must still answer the same in an app built without that middleware."""
+    from fastapi import FastAPI
+
+    from worker.web import webhooks
+
+    routed = FastAPI()
+    routed.include_router(webhooks.router)
+    requests: list[tuple[str, bytes, dict[str, str]]] = [
+        (URL, body(unsubscribe(EMAIL, AT)), FORM),
+        (URL, body(unsubscribe(EMAIL, AT)), FORM),  # the duplicate
+        (URL.replace(SECRET, "wrong-secret"), body(unsubscribe(EMAIL, AT)), FORM),
+        (URL, body(unsubscribe(EMAIL, AT)), {"content-type": "application/json"}),
+        (URL, b"type=unsubscribe&fired_at=yesterday&data[list_id]=x", FORM),
+        (URL, body([*unsubscribe(EMAIL, AT), ("data[merges][NOTES]", "x" * 70_000)]), FORM),
+        (URL + "/extra", body(unsubscribe(EMAIL, AT)), FORM),
+    ]
+
+    def answers(test_client: TestClient) -> list[tuple[int, Any, str | None]]:
+        with session_scope() as session:
+            session.query(WebhookEvent).delete()
+        out = []
+        for url, raw, headers in requests:
+            response = test_client.post(url, content=raw, headers=headers)
+            out.append((response.status_code, response.json(), response.headers.get("connection")))
+        return out
+
+    installed = getattr(client.app, "user_middleware", [])
+    assert any(middleware.cls is webhooks.FastPath for middleware in installed)
+    fast = answers(client)
+    with TestClient(routed) as routed_client:
+        assert answers(routed_client) == fast
+    assert [status for status, _, _ in fast] == [200, 200, 404, 415, 400, 413, 404]
+    assert fast[0][1] == {"status": "stored"} and fast[1][1] == {"status": "duplicate"}

@@ -4,6 +4,7 @@ dedupe key that makes a redelivery a no-op."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ UNSUB_ACTIONS = frozenset({"unsub", "delete"})
 MAX_EMAIL_CHARS = 320
 MAX_SHORT_CHARS = 64
 FIRED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
+_FIRED_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 #: Fields never stored: the IPs Mailchimp echoes back (P4: no IP kept beside an address).
 UNSTORED_DATA_FIELDS = frozenset({"ip_opt", "ip_signup"})
 
@@ -48,10 +50,15 @@ def parse_fired_at(value: object) -> datetime:
     """Mailchimp's "YYYY-MM-DD HH:MM:SS", no zone: taken as UTC (MAILCHIMP.md)."""
     if not isinstance(value, str):
         raise BadEvent("malformed", "fired_at: missing or not a single value")
+    value = value.strip()
     try:
-        return datetime.strptime(value.strip(), FIRED_AT_FORMAT).replace(tzinfo=UTC)
+        # The pattern fixes the format (fromisoformat alone takes many more); fromisoformat
+        # then checks the date and is several times cheaper than strptime.
+        if _FIRED_AT.fullmatch(value):
+            return datetime.fromisoformat(value).replace(tzinfo=UTC)
     except ValueError:
-        raise BadEvent("malformed", "fired_at: not YYYY-MM-DD HH:MM:SS") from None
+        pass
+    raise BadEvent("malformed", "fired_at: not YYYY-MM-DD HH:MM:SS")
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool, limit: int = MAX_SHORT_CHARS) -> str:

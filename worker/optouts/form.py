@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,13 +22,14 @@ class FormError(ValueError):
     """A body that is not a well-formed webhook form. The message names no value."""
 
 
-def _path(key: str) -> list[str]:
+@functools.lru_cache(maxsize=1024)  # a webhook's field names repeat from one body to the next
+def _path(key: str) -> tuple[str, ...]:
     if len(key) > MAX_KEY_CHARS:
         raise FormError(f"a field name is longer than {MAX_KEY_CHARS} characters")
     match = _KEY.match(key)
     if match is None:
         raise FormError(f"malformed field name {_shown(key)}")
-    path = [match.group(1), *_PART.findall(match.group(2))]
+    path = (match.group(1), *_PART.findall(match.group(2)))
     if len(path) > MAX_DEPTH:
         raise FormError(f"field {_shown(key)} nests deeper than {MAX_DEPTH} levels")
     return path

@@ -19,4 +19,5 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(signups.router)
     app.include_router(webhooks.router)
+    app.add_middleware(webhooks.FastPath)  # webhook POSTs skip the routing (hot path)
     return app
