@@ -19,7 +19,7 @@ from tests.optouts.payloads import (
     unsubscribe,
     upemail,
 )
-from worker.optouts.events import BadEvent, validate_event
+from worker.optouts.events import BadEvent, parse_fired_at, validate_event
 from worker.optouts.form import FormError, parse_form
 
 AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=UTC)
@@ -148,3 +148,24 @@ def test_events_are_refused_when_no_audience_is_configured() -> None:
     with pytest.raises(BadEvent) as info:
         validate_event(parse_form(body(campaign(AT))), None)
     assert info.value.code == "wrong_list"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-03-01T12:30:05",  # ISO 8601, which fromisoformat alone would take
+        "2024-03-01 12:30:05+01:00",
+        "2024-03-01",
+        "2024-3-01 12:30:05",
+        "2024-02-30 12:30:05",  # the right shape, not a date
+        "2024-03-01 24:00:00",
+        "\uff12\uff10\uff12\uff14-03-01 12:30:05",  # full-width digits: not ASCII ones
+    ],
+)
+def test_fired_at_must_be_exactly_mailchimps_format(value: str) -> None:
+    with pytest.raises(BadEvent, match="fired_at"):
+        parse_fired_at(value)
+
+
+def test_fired_at_is_read_as_utc_with_surrounding_spaces_ignored() -> None:
+    assert parse_fired_at(" 2024-02-29 23:59:59 ") == datetime(2024, 2, 29, 23, 59, 59, tzinfo=UTC)
