@@ -219,7 +219,11 @@ class WebhookEvent(Base):
     """The inbox: every Mailchimp event stored before the webhook answers."""
 
     __tablename__ = "webhook_event"
-    __table_args__ = (Index("ix_webhook_event_state_received", "state", "received_at"),)
+    __table_args__ = (
+        Index("ix_webhook_event_state_received", "state", "received_at"),
+        # An apply run claims the oldest pending events: an index scan, not a sort of them all.
+        Index("ix_webhook_event_state_fired", "state", "fired_at", "id"),
+    )
 
     id: Mapped[intpk]
     dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
