@@ -122,9 +122,13 @@ class _Connection(asyncio.Protocol):
 
 
 async def lean_burst(
-    url: str, bodies: list[bytes], concurrency: int
+    url: str, bodies: list[bytes], concurrency: int, rate: float | None = None
 ) -> tuple[list[float], Counter[int]]:
-    """The burst over `concurrency` keep-alive connections of `_Connection`."""
+    """The burst over `concurrency` keep-alive connections of `_Connection`.
+
+    With `rate`, request k is due at start + k / rate (an open loop, as Mailchimp's
+    deliveries do not wait for our answers) and its latency counts from when it was due, so
+    a request held back because every connection was busy is counted late, not on time."""
     target = urlsplit(url)
     host, port = target.hostname or "127.0.0.1", target.port or 80
     head = (
@@ -136,12 +140,17 @@ async def lean_burst(
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     loop = asyncio.get_running_loop()
+    total = len(requests)
+    begin = time.perf_counter()
 
     async def client() -> None:
         open_: tuple[asyncio.BaseTransport, _Connection] | None = None
         while requests:
+            due = begin + (total - len(requests)) / rate if rate else None
             request = requests.pop()
-            started = time.perf_counter()
+            if due is not None and (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            started = time.perf_counter() if due is None else due
             try:
                 if open_ is None:
                     open_ = await loop.create_connection(_Connection, host, port)
@@ -190,6 +199,12 @@ def main() -> None:
         default="lean",
         help="load generator: keep-alive connections parsed by httptools, or aiohttp",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="offer this many requests/s (lean client) instead of as many as the server takes",
+    )
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument(
         "--worker-concurrency",
@@ -205,6 +220,8 @@ def main() -> None:
         help="start the Celery worker only after the burst (receiver and apply measured apart)",
     )
     args = parser.parse_args()
+    if args.rate is not None and (args.client != "lean" or args.rate <= 0):
+        parser.error("--rate needs the lean client and a positive rate")
 
     schema = "bench_" + uuid.uuid4().hex[:10]
     admin = create_engine(PG)
@@ -249,12 +266,16 @@ def main() -> None:
         url = f"{base}/v1/mailchimp/webhook/{SECRET}"
         print(
             f"sending {len(bodies)} POSTs ({distinct} distinct events), "
-            f"{args.concurrency} concurrent {args.client} clients, "
+            f"{args.concurrency} concurrent {args.client} clients"
+            f"{f' offering {args.rate:,.0f}/s' if args.rate else ''}, "
             f"{args.web_workers} uvicorn workers"
         )
         started = time.perf_counter()
-        send = lean_burst if args.client == "lean" else burst
-        latencies, statuses = uvloop.run(send(url, bodies, args.concurrency))
+        if args.client == "lean":
+            sending = lean_burst(url, bodies, args.concurrency, args.rate)
+        else:
+            sending = burst(url, bodies, args.concurrency)
+        latencies, statuses = uvloop.run(sending)
         elapsed = time.perf_counter() - started
         if args.worker_after:
             with (logs / "worker.log").open("ab") as w_log:
