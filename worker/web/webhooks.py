@@ -247,8 +247,8 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
-        for name, value in scope["headers"]:  # names arrive lower-cased; the first one counts
-            headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in scope["headers"]:  # as Starlette's Headers: any case, first wins
+            headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         answer = await take(secret, headers, _chunks(receive))
         await answer.response()(scope, receive, send)
 
