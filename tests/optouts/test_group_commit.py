@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,6 +113,29 @@ def test_when_the_database_is_away_every_waiting_request_gets_the_error() -> Non
 # --- concurrent requests through the real app ---------------------------------------------
 
 
+def test_requests_are_answered_before_the_step_after_the_store_whatever_it_does() -> None:
+    """`then` (counting, asking for an apply run) must not hold up the answers, and its
+    failure must fail no request: the events are committed by then."""
+    all_answered = threading.Event()
+    waited: list[bool] = []
+
+    def then(items: Sequence[int], results: list[int]) -> None:
+        waited.append(all_answered.wait(5))  # False: the answers waited for this step
+        raise RuntimeError("the counters' Redis is away")
+
+    async def main() -> list[int]:
+        group: GroupCommit[int, int] = GroupCommit(lambda items: [i * 10 for i in items], then=then)
+        results = await asyncio.gather(*(group.submit(i) for i in range(3)))
+        all_answered.set()
+        deadline = time.monotonic() + 5
+        while not waited and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # let the step finish before the loop closes
+        return results
+
+    assert asyncio.run(main()) == [0, 10, 20]
+    assert waited and all(waited)
+
+
 @pytest.mark.usefixtures("store")
 def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_client: Any) -> None:
     from worker.web.app import create_app
@@ -122,9 +146,14 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_clien
     async def burst() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=create_app())
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-            return await asyncio.gather(
+            responses = await asyncio.gather(
                 *(http.post(URL, content=raw, headers=FORM) for raw in requests)
             )
+        # The apply run is asked for after the answers: give the writer its last step.
+        deadline = time.monotonic() + 5
+        while not redis_client.llen("optouts") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return responses
 
     responses = asyncio.run(burst())
     assert {r.status_code for r in responses} == {200}

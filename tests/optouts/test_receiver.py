@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from config import get_settings
+from tests.helpers import wait_for
 from tests.optouts.payloads import (
     FORM,
     OLD_SECRET,
@@ -52,6 +53,10 @@ def event_count() -> int:
 def rejected() -> dict[str, float]:
     series = metrics.read_counters()["webhook_rejected_total"]
     return {dict(labels)["reason"]: value for labels, value in series.items()}
+
+
+def received_total() -> float:
+    return sum(metrics.read_counters().get("webhook_events_received_total", {}).values())
 
 
 def queued_applies(redis_client: Any) -> int:
@@ -177,9 +182,10 @@ def test_every_event_type_is_stored_pending_and_its_apply_enqueued(
     assert event.type == fields[0][1]
     assert event.fired_at == AT
     assert event.payload is not None and event.payload["type"] == fields[0][1]
-    assert queued_applies(redis_client) == 1
-    received = metrics.read_counters()["webhook_events_received_total"]
+    # Asking for the run and counting follow the answer, in that order.
+    received = wait_for(lambda: metrics.read_counters().get("webhook_events_received_total"))
     assert received == {(("type", fields[0][1]),): 1.0}
+    assert queued_applies(redis_client) == 1
 
 
 def test_a_duplicate_delivery_answers_200_and_is_stored_and_enqueued_once(
@@ -190,6 +196,7 @@ def test_a_duplicate_delivery_answers_200_and_is_stored_and_enqueued_once(
     assert post(client, fields).json() == {"status": "duplicate"}
     assert post(client, unsubscribe(EMAIL.upper(), AT)).json() == {"status": "duplicate"}
     assert event_count() == 1
+    wait_for(lambda: received_total() == 3)  # each batch asked for its run before counting
     assert queued_applies(redis_client) == 1
 
 
@@ -202,6 +209,7 @@ def test_an_unknown_type_gets_200_and_is_recorded_as_ignored(
     assert response.json() == {"status": "ignored"}
     [event] = events()
     assert (event.state, event.outcome) == (EventState.IGNORED, "unknown_type")
+    wait_for(lambda: received_total() == 1)  # counted after the run would have been asked for
     assert queued_applies(redis_client) == 0
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from tests.helpers import wait_for
 from tests.optouts.payloads import TestClient, body, post, unsubscribe
+from worker import metrics
 from worker.app import app
 from worker.db import session_scope
 from worker.models import EventState, WebhookEvent, utcnow
@@ -58,6 +59,8 @@ def test_redis_refusing_the_enqueue_still_answers_200_and_the_sweep_sends_it_lat
     with monkeypatch.context() as patch:
         patch.setattr(app, "send_task", broker_down)
         assert post(client, unsubscribe(EMAIL, AT)).status_code == 200
+        # The run is asked for after the answer, and before the event is counted.
+        wait_for(lambda: metrics.read_counters().get("webhook_events_received_total"))
     with session_scope() as session:
         [event] = session.scalars(select(WebhookEvent)).all()
     assert event.state == EventState.PENDING

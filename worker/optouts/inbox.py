@@ -127,20 +127,24 @@ def parse(body: bytes) -> ParsedEvent:
     return validate_event(parse_form(body), get_settings().mailchimp_list_id)
 
 
-def receive_many(events: Sequence[ParsedEvent]) -> list[Receipt]:
-    """Store events in one transaction; after the commit, count them and ask for one apply run.
+def store_batch(events: Sequence[ParsedEvent]) -> list[Receipt]:
+    """Store events in one transaction and commit.
 
     Raises SQLAlchemy errors when the database is away (the caller answers 503 so Mailchimp
     retries); nothing is stored then.
     """
     with session_scope() as session:
-        receipts = store_many(session, events)
+        return store_many(session, events)
+
+
+def announce(events: Sequence[ParsedEvent], receipts: Sequence[Receipt]) -> None:
+    """After the commit: ask for one apply run, then count the events. Never raises (a lost
+    request for a run is the sweep's to repair)."""
+    if any(r.created and r.state == EventState.PENDING for r in receipts):
+        request_apply()
     types = Counter(event.type if event.type in KNOWN_TYPES else "unknown" for event in events)
     for label, count in types.items():
         metrics.incr("webhook_events_received_total", count, type=label)
-    if any(r.created and r.state == EventState.PENDING for r in receipts):
-        request_apply()
-    return receipts
 
 
 def request_apply(*, force: bool = False) -> bool:

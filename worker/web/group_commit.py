@@ -37,13 +37,19 @@ class GroupCommit(Generic[Item, Result]):
     """Batches concurrent `submit()` calls into calls of `store(items) -> results`.
 
     `store` runs on a worker thread, returns one result per item in order, and is atomic:
-    on an exception nothing of the batch was stored.
+    on an exception nothing of the batch was stored. `then(items, results)`, when given, runs
+    on a worker thread after the batch's requests have their results and before the next
+    batch is stored: work the answers need not wait for.
     """
 
     def __init__(
-        self, store: Callable[[Sequence[Item]], list[Result]], max_batch: int = MAX_BATCH
+        self,
+        store: Callable[[Sequence[Item]], list[Result]],
+        max_batch: int = MAX_BATCH,
+        then: Callable[[Sequence[Item], list[Result]], None] | None = None,
     ) -> None:
         self._store = store
+        self._then = then
         self._max_batch = max_batch
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -97,6 +103,12 @@ class GroupCommit(Generic[Item, Result]):
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():  # done: the request was cancelled (client went away)
                 future.set_result(result)
+        if self._then is not None:
+            # The batch's requests are answered already; the next batch waits for this.
+            try:
+                await run_in_threadpool(self._then, [item for item, _ in batch], results)
+            except Exception as exc:
+                log.warning("group commit: the step after a store failed (%s)", type(exc).__name__)
 
 
 def _fail(future: asyncio.Future[Result], exc: BaseException) -> None:
