@@ -402,101 +402,119 @@ def purge(
             log.info("purge: another purge is running; nothing to do")
             result.locked_out = True
             return result
-        _run(sessions, schedule, now, chunk_size, time_budget_seconds, progress, result, started)
+        _Run(
+            sessions, schedule, now, chunk_size, time_budget_seconds, progress, result, started
+        ).run()
     return result
 
 
-def _run(
-    sessions: sessionmaker[Session],
-    schedule: Schedule,
-    now: datetime,
-    chunk_size: int,
-    budget: float | None,
-    progress: Progress | None,
-    result: PurgeResult,
-    started: float,
-) -> None:
-    with sessions() as session:
-        result.held_skipped = count_held(session, now)
-        result.run_id = _write_run(session, result, now)
-        session.commit()
-    run_id = result.run_id
-    try:
-        # One session (one pooled connection) for the whole run; each chunk commits its own
-        # transaction.
-        with sessions() as session:
-            for step in STEPS:
-                if not _run_step(
-                    session, step, schedule, now, chunk_size, budget, progress, result, started
-                ):
-                    result.complete = False
-                    break
-    except Exception as exc:
-        _finish(sessions, result, run_id, started, error=type(exc).__name__)
-        raise
-    _finish(sessions, result, run_id, started, error=None)
+@dataclass
+class _Run:
+    """One real purge run: what every step and chunk of it needs."""
 
+    sessions: sessionmaker[Session]
+    schedule: Schedule
+    now: datetime
+    chunk_size: int
+    budget: float | None  # seconds
+    progress: Progress | None
+    result: PurgeResult
+    started: float  # time.monotonic() at the start
 
-def _run_step(
-    session: Session,
-    step: Step,
-    schedule: Schedule,
-    now: datetime,
-    chunk_size: int,
-    budget: float | None,
-    progress: Progress | None,
-    result: PurgeResult,
-    started: float,
-) -> bool:
-    """Purge one kind chunk by chunk until none is due. False: stopped at the time budget."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    while True:
-        tx_started = time.monotonic()
-        taken, removed = _purge_chunk(session, step, schedule, now, chunk_size, postgres, result)
-        seconds = time.monotonic() - tx_started
-        result.longest_transaction_seconds = max(result.longest_transaction_seconds, seconds)
-        log.debug("purge: %s chunk of %d: %s in %.3fs", step.kind, taken, removed, seconds)
+    def run(self) -> None:
+        result = self.result
+        with self.sessions() as session:
+            result.held_skipped = count_held(session, self.now)
+            result.run_id = _write_run(session, result, self.now)
+            session.commit()
+        try:
+            # One session (one pooled connection) for the whole run; each chunk commits its
+            # own transaction.
+            with self.sessions() as session:
+                for step in STEPS:
+                    if not self.step(session, step):
+                        result.complete = False
+                        break
+        except Exception as exc:
+            self.finish(error=type(exc).__name__)
+            raise
+        self.finish(error=None)
+
+    def finish(self, error: str | None) -> None:
+        """Close the run's audit row; a complete, successful run also sets the watermark."""
+        result = self.result
+        result.duration_seconds = time.monotonic() - self.started
+        finished = utcnow()
+        with self.sessions() as session:
+            session.execute(
+                update(PurgeRun)
+                .where(PurgeRun.id == result.run_id)
+                .values(
+                    finished_at=finished,
+                    counts=dict(result.counts),
+                    duration_seconds=result.duration_seconds,
+                    error=error,
+                )
+            )
+            if error is None and result.complete:
+                watermark = session.get(Watermark, WATERMARK)
+                if watermark is None:
+                    session.add(Watermark(name=WATERMARK, value=finished))
+                else:
+                    watermark.value = finished
+            session.commit()
+        log.info(
+            "purge: %s in %.1fs (held skipped %d%s)",
+            ", ".join(f"{k}={v}" for k, v in result.counts.items()),
+            result.duration_seconds,
+            result.held_skipped,
+            "" if result.complete else "; time budget reached, continuing in a new run",
+        )
+
+    def step(self, session: Session, step: Step) -> bool:
+        """Purge one kind chunk by chunk until none is due. False: stopped at the budget."""
+        result = self.result
+        while True:
+            tx_started = time.monotonic()
+            taken, removed = self.chunk(session, step)
+            seconds = time.monotonic() - tx_started
+            result.longest_transaction_seconds = max(result.longest_transaction_seconds, seconds)
+            log.debug("purge: %s chunk of %d: %s in %.3fs", step.kind, taken, removed, seconds)
+            for kind, n in removed.items():
+                if n:
+                    metrics.incr("purged_rows_total", amount=n, kind=kind)
+                if self.progress is not None:
+                    self.progress(kind, n)
+            if taken < self.chunk_size:
+                return True
+            # Checked after a chunk, so every run makes progress however small the budget.
+            if self.budget is not None and time.monotonic() - self.started >= self.budget:
+                return False
+
+    def chunk(self, session: Session, step: Step) -> tuple[int, dict[str, int]]:
+        """One transaction: take up to `chunk_size` due ids of `step`, remove them, and add
+        their counts to the run's audit row in the same commit. Returns (ids taken, removed)."""
+        postgres = session.get_bind().dialect.name == "postgresql"
+        stmt = step.select_due(self.schedule, self.now).limit(self.chunk_size)
+        if postgres:
+            # A chunk lost in a database crash is purged again by the next run (its audit
+            # counts roll back with it), so its commit need not wait for the disk; the run's
+            # final, synchronous commit (finish) makes every chunk before it durable.
+            session.execute(text("SET LOCAL synchronous_commit = off"))
+            # Rows another transaction holds (a flush setting need_until) wait for the next
+            # chunk or run rather than stall either side.
+            stmt = stmt.with_for_update(of=step.key.table, skip_locked=True)
+        ids = list(session.scalars(stmt))
+        chunk = _among(step.key, ids, postgres)
+        removed = step.remove(session, chunk, self.schedule, self.now) if ids else {}
+        counts = self.result.counts
         for kind, n in removed.items():
-            if n:
-                metrics.incr("purged_rows_total", amount=n, kind=kind)
-            if progress is not None:
-                progress(kind, n)
-        if taken < chunk_size:
-            return True
-        # Checked after a chunk, so every run makes progress however small the budget.
-        if budget is not None and time.monotonic() - started >= budget:
-            return False
-
-
-def _purge_chunk(
-    session: Session,
-    step: Step,
-    schedule: Schedule,
-    now: datetime,
-    chunk_size: int,
-    postgres: bool,
-    result: PurgeResult,
-) -> tuple[int, dict[str, int]]:
-    """One transaction: take up to `chunk_size` due ids of `step`, remove them, and add
-    their counts to the run's audit row in the same commit. Returns (ids taken, removed)."""
-    stmt = step.select_due(schedule, now).limit(chunk_size)
-    if postgres:
-        # A chunk lost in a database crash is purged again by the next run (its audit counts
-        # roll back with it), so its commit need not wait for the disk; the run's final,
-        # synchronous commit (_finish) makes every chunk before it durable.
-        session.execute(text("SET LOCAL synchronous_commit = off"))
-        # Rows another transaction holds (a flush setting need_until) wait for the next
-        # chunk or run rather than stall either side.
-        stmt = stmt.with_for_update(of=step.key.table, skip_locked=True)
-    ids = list(session.scalars(stmt))
-    removed = step.remove(session, _among(step.key, ids, postgres), schedule, now) if ids else {}
-    for kind, n in removed.items():
-        result.counts[kind] += n
-    session.execute(
-        update(PurgeRun).where(PurgeRun.id == result.run_id).values(counts=dict(result.counts))
-    )
-    session.commit()
-    return len(ids), removed
+            counts[kind] += n
+        session.execute(
+            update(PurgeRun).where(PurgeRun.id == self.result.run_id).values(counts=dict(counts))
+        )
+        session.commit()
+        return len(ids), removed
 
 
 def _among(key: Any, ids: list[Any], postgres: bool) -> ColumnElement[bool]:
@@ -520,39 +538,3 @@ def _write_run(session: Session, result: PurgeResult, now: datetime) -> int:
     session.add(run)
     session.flush()
     return run.id
-
-
-def _finish(
-    sessions: sessionmaker[Session],
-    result: PurgeResult,
-    run_id: int | None,
-    started: float,
-    error: str | None,
-) -> None:
-    result.duration_seconds = time.monotonic() - started
-    finished = utcnow()
-    with sessions() as session:
-        session.execute(
-            update(PurgeRun)
-            .where(PurgeRun.id == run_id)
-            .values(
-                finished_at=finished,
-                counts=dict(result.counts),
-                duration_seconds=result.duration_seconds,
-                error=error,
-            )
-        )
-        if error is None and result.complete:
-            watermark = session.get(Watermark, WATERMARK)
-            if watermark is None:
-                session.add(Watermark(name=WATERMARK, value=finished))
-            else:
-                watermark.value = finished
-        session.commit()
-    log.info(
-        "purge: %s in %.1fs (held skipped %d%s)",
-        ", ".join(f"{k}={v}" for k, v in result.counts.items()),
-        result.duration_seconds,
-        result.held_skipped,
-        "" if result.complete else "; time budget reached, continuing in a new run",
-    )
