@@ -17,7 +17,9 @@ UNSUB_ACTIONS = frozenset({"unsub", "delete"})
 MAX_EMAIL_CHARS = 320
 MAX_SHORT_CHARS = 64
 FIRED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
-_FIRED_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+#: The shape of fired_at, ASCII digits only; the OpenAPI schema of the webhook says the same.
+FIRED_AT_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
+_FIRED_AT = re.compile(FIRED_AT_PATTERN)
 #: Fields never stored: the IPs Mailchimp echoes back (P4: no IP kept beside an address).
 UNSTORED_DATA_FIELDS = frozenset({"ip_opt", "ip_signup"})
 

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from config import get_settings
 from worker import metrics
 from worker.optouts import inbox
-from worker.optouts.events import KNOWN_TYPES, BadEvent, ParsedEvent
+from worker.optouts.events import FIRED_AT_PATTERN, KNOWN_TYPES, BadEvent, ParsedEvent
 from worker.optouts.form import FormError
 from worker.web.group_commit import GroupCommit
 
@@ -138,7 +138,7 @@ WEBHOOK_FORM_SCHEMA: dict[str, Any] = {
         "type": {"type": "string", "enum": sorted(KNOWN_TYPES)},
         "fired_at": {
             "type": "string",
-            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}$",
+            "pattern": f"^{FIRED_AT_PATTERN}$",
             "description": "YYYY-MM-DD HH:MM:SS, UTC",
         },
         "data[list_id]": {"type": "string", "maxLength": 64},
