@@ -103,3 +103,26 @@ def test_every_setting_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     missing = [n for n in Settings.model_fields if f"`LISTSYNC_{n.upper()}`" not in doc]
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        "from worker.web.app import serve_app; serve_app()",  # a `listsync web` process
+        "from worker.app import _start_pool_process; _start_pool_process()",  # a pool process
+    ],
+)
+def test_long_running_processes_hide_their_start_up_objects_from_the_cycle_collector(
+    start: str, settings_env: dict[str, str]
+) -> None:
+    # Full collections walked every module, class and route, stalling a web process's event
+    # loop for 150 ms and more under load (docs/performance.md).
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = f"import gc; {start}; print(gc.get_freeze_count())"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) > 10_000

@@ -12,11 +12,12 @@ app.config_from_object("celeryconfig")
 
 
 @worker_process_init.connect
-def _fresh_connections_after_fork(**_: Any) -> None:
-    # A forked pool process must not share its parent's database sockets.
+def _start_pool_process(**_: Any) -> None:
     from worker.db import dispose_engines
+    from worker.startup import freeze_startup_objects
 
-    dispose_engines()
+    dispose_engines()  # a forked pool process must not share its parent's database sockets
+    freeze_startup_objects()
 
 
 @worker_init.connect

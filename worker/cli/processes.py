@@ -105,7 +105,7 @@ def beat_argv(schedule_file: Path) -> list[str]:
 
 
 def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "worker.web.app:create_app"]
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "worker.web.app:serve_app"]
     argv += ["--host", host, "--port", str(port), "--no-access-log"]
     if workers > 1:
         argv += ["--workers", str(workers)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from worker.startup import check_config_files
+from worker.startup import check_config_files, freeze_startup_objects
 from worker.web import health, metrics, signups, webhooks
 
 
@@ -20,4 +20,13 @@ def create_app() -> FastAPI:
     app.include_router(signups.router)
     app.include_router(webhooks.router)
     app.add_middleware(webhooks.FastPath)  # webhook POSTs skip the routing (hot path)
+    return app
+
+
+def serve_app() -> FastAPI:
+    """The app as `listsync web` serves it (uvicorn --factory, in each worker process): built,
+    then everything alive at start-up hidden from the cycle collector, whose full passes
+    otherwise stall the event loop (worker/startup.py). Tests build theirs with create_app."""
+    app = create_app()
+    freeze_startup_objects()
     return app
