@@ -34,6 +34,7 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from config import Settings  # noqa: E402
 from worker.cli import processes  # noqa: E402
 from worker.cli.processes import free_port  # noqa: E402
 from worker.models import Base, EventState, WebhookEvent  # noqa: E402
@@ -213,6 +214,12 @@ def main() -> None:
         default=2,
         help="Celery processes, as LISTSYNC_WORKER_CONCURRENCY gives `listsync worker`",
     )
+    parser.add_argument(
+        "--worker-nice",
+        type=int,
+        default=None,
+        help="LISTSYNC_WORKER_NICE for the worker (default: the setting's; 0: no lower priority)",
+    )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--apply-timeout", type=float, default=600.0)
     parser.add_argument(
@@ -240,6 +247,8 @@ def main() -> None:
         "LISTSYNC_MAILCHIMP_LIST_ID": LIST_ID,
         "LISTSYNC_LOG_LEVEL": "WARNING",
     }
+    if args.worker_nice is not None:
+        env["LISTSYNC_WORKER_NICE"] = str(args.worker_nice)
     logs = ROOT / "var" / "bench" / schema  # per run: two runs at once must not share logs
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -265,11 +274,14 @@ def main() -> None:
         bodies += [event_body(random.randrange(distinct)) for _ in range(args.requests - distinct)]
         random.shuffle(bodies)
         url = f"{base}/v1/mailchimp/webhook/{SECRET}"
+        nice = args.worker_nice
+        if nice is None:
+            nice = Settings.model_fields["worker_nice"].default
         print(
             f"sending {len(bodies)} POSTs ({distinct} distinct events), "
             f"{args.concurrency} concurrent {args.client} clients"
             f"{f' offering {args.rate:,.0f}/s' if args.rate else ''}, "
-            f"{args.web_workers} uvicorn workers"
+            f"{args.web_workers} uvicorn workers, worker niceness {nice}"
         )
         # The client's own full collections walked its 20,000 bodies and stalled every request
         # in flight for up to 110 ms: latency that was the load generator's, not the server's.

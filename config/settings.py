@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         default=None, description="user:password for Flower (required unless --insecure-local)."
     )
     worker_concurrency: int = Field(default=2, ge=1)
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Niceness of the worker's pool processes: the web's answers come first.",
+    )
     log_level: str = Field(default="INFO")
 
     @field_validator("merge_fields", mode="before")

@@ -126,3 +126,26 @@ def test_long_running_processes_hide_their_start_up_objects_from_the_cycle_colle
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.split()[-1]) > 10_000
+
+
+@pytest.mark.parametrize(("started_at", "setting", "runs_at"), [(0, "7", 7), (12, "7", 12)])
+def test_pool_processes_run_at_the_configured_niceness_never_higher_priority(
+    started_at: int, setting: str, runs_at: int, settings_env: dict[str, str]
+) -> None:
+    # Tasks are a backlog; the web's answers come first where both share CPUs. A worker
+    # started at a lower priority keeps it (raising it again would need privileges).
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import os; from worker.app import _start_pool_process; _start_pool_process(); "
+        "print(os.getpriority(os.PRIO_PROCESS, 0))"
+    )
+    argv = ["nice", "-n", str(started_at), sys.executable, "-c", code]
+    env = {**os.environ, "LISTSYNC_WORKER_NICE": setting}
+    out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.split()[-1]) == runs_at

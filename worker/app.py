@@ -13,10 +13,12 @@ app.config_from_object("celeryconfig")
 
 @worker_process_init.connect
 def _start_pool_process(**_: Any) -> None:
+    from config import get_settings
     from worker.db import dispose_engines
-    from worker.startup import freeze_startup_objects
+    from worker.startup import freeze_startup_objects, lower_priority
 
     dispose_engines()  # a forked pool process must not share its parent's database sockets
+    lower_priority(get_settings().worker_nice)
     freeze_startup_objects()
 
 

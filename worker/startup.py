@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 from worker.forms import FormsConfigError, get_forms
 from worker.retention.schedule import ScheduleError, get_schedule
@@ -27,3 +28,13 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()  # what is garbage now must not be kept for ever
     gc.freeze()
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process at niceness `nice`, unless it already runs at a lower priority.
+
+    The worker's pool processes do this (LISTSYNC_WORKER_NICE): the tasks are a backlog that
+    may wait seconds, while a webhook or signup waits for its answer (docs/performance.md).
+    """
+    if os.getpriority(os.PRIO_PROCESS, 0) < nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
