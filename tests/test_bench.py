@@ -42,12 +42,16 @@ def test_purge_benchmark_runs_and_prints_its_figures() -> None:
     assert "longest single transaction:" in out and "intake p99 idle:" in out
 
 
-@pytest.mark.parametrize("client", ["lean", "aiohttp"])
-def test_webhook_benchmark_loses_nothing_and_applies_nothing_twice(client: str) -> None:
+@pytest.mark.parametrize(("client", "nice"), [("lean", None), ("aiohttp", "0")])
+def test_webhook_benchmark_loses_nothing_and_applies_nothing_twice(
+    client: str, nice: str | None
+) -> None:
     out = bench(
         *("bench/webhooks.py", "--requests", "300", "--concurrency", "8", "--client", client),
         *("--redis-url", BENCH_REDIS),
+        *(("--worker-nice", nice) if nice else ()),
     )
+    assert f"worker niceness {nice or 10}\n" in out
     assert "HTTP statuses:       {200: 300}" in out  # every answer read, whichever client
     assert "lost:                0" in out and "applied twice:       0" in out
     # 300 requests, 5% of them redeliveries: 285 events, each seen applied once in the log
