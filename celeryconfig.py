@@ -17,9 +17,12 @@ _settings = get_settings()
 #: Redis redelivers a message unacked for this long: it bounds how long the messages a
 #: SIGKILLed worker held wait before they come back. Every countdown we use is shorter (the
 #: longest, a retry backoff, is 60 s), and every task finishes well inside it: a flush stops
-#: calling Mailchimp after 60 s, long purges continue in a follow-up task. A task that did
-#: overrun would only run twice, and every task is idempotent.
+#: calling Mailchimp after 60 s, long purges and reconciliations continue in a follow-up
+#: task. A task that did overrun would only run twice, and every task is idempotent.
 VISIBILITY_TIMEOUT_SECONDS = 120
+#: A task that can run long (the purge, reconciliation) stops after this much work and
+#: queues its own continuation, so none holds its message near the visibility timeout.
+TASK_TIME_BUDGET_SECONDS = 60.0
 #: How often each worker looks for such messages (kombu's default works out at 100 s).
 UNACKED_RESTORE_INTERVAL_SECONDS = 10
 

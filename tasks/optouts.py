@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from celeryconfig import TASK_TIME_BUDGET_SECONDS
 from worker.app import app
 from worker.mailchimp import TransientError, get_gateway
 from worker.optouts import inbox
@@ -15,6 +16,8 @@ from worker.optouts.apply import APPLY_BATCH, apply_pending
 from worker.optouts.reconcile import reconcile as run_reconcile
 
 log = logging.getLogger(__name__)
+
+RECONCILE_TASK = "listsync.optouts.reconcile"
 
 
 @app.task(
@@ -39,12 +42,18 @@ def sweep() -> int:
     return inbox.sweep()
 
 
-@app.task(name="listsync.optouts.reconcile")
-def reconcile() -> dict[str, Any] | None:
-    """Pull opted-out members changed since the watermark (beat, reconcile interval)."""
+@app.task(name=RECONCILE_TASK)
+def reconcile(resume: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Pull opted-out members changed since the watermark (beat, reconcile interval); a run
+    that spends its time budget queues the rest of itself (`resume`: no member in it)."""
     try:
-        return asdict(run_reconcile(get_gateway()))
+        report = run_reconcile(
+            get_gateway(), time_budget_seconds=TASK_TIME_BUDGET_SECONDS, resume=resume
+        )
     except TransientError as exc:
         # The next beat tick retries; the watermark only holds committed pages.
         log.warning("reconcile: Mailchimp unavailable (%s); will retry next interval", exc)
         return None
+    if report.resume is not None:
+        app.send_task(RECONCILE_TASK, kwargs={"resume": report.resume})
+    return asdict(report)

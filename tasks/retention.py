@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from celeryconfig import TASK_TIME_BUDGET_SECONDS
 from worker.app import app
 from worker.retention import purge as retention
 
 PURGE_TASK = "listsync.retention.purge"
-#: A task stops after this much work and re-queues itself, so no purge holds its message
-#: anywhere near the broker's visibility timeout (celeryconfig.VISIBILITY_TIMEOUT_SECONDS).
-TASK_TIME_BUDGET_SECONDS = 60.0
 
 
 @app.task(name=PURGE_TASK)

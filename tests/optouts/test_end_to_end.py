@@ -143,3 +143,35 @@ def test_a_new_signup_after_an_unsubscribe_does_not_resubscribe(live: Live) -> N
     assert (job.state, job.outcome) == (JobState.SUPPRESSED, "opted_out:unsubscribed")
     assert live.audience.status(email) == "unsubscribed"
     assert local_status(email) == ContactStatus.UNSUBSCRIBED
+
+
+def test_a_reconcile_past_its_time_budget_queues_the_rest_of_itself(
+    audience: Audience,
+    celery_worker: object,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More than a page of lost opt-outs and a budget spent after the first page: the task
+    queues its continuation (kwargs name no member), which finishes the run."""
+    import tasks.optouts
+    from worker.models import Watermark
+    from worker.optouts.reconcile import PAGE_SIZE, SUCCESS_WATERMARK
+
+    monkeypatch.setattr(tasks.optouts, "TASK_TIME_BUDGET_SECONDS", 0.0)
+    emails = [f"lost.{n}@listsync-e2e.org" for n in range(PAGE_SIZE + 5)]
+    for email in emails:
+        audience.emu.seed_member(email, "unsubscribed", list_id=audience.list_id)
+
+    def finished() -> bool:
+        with session_scope() as session:
+            return session.get(Watermark, SUCCESS_WATERMARK) is not None
+
+    caplog.set_level(logging.INFO, logger="worker.optouts.reconcile")
+    app.send_task("listsync.optouts.reconcile")
+    wait_for(finished, timeout=120)
+    assert "reconcile: time budget spent after 1 pages; continuing" in caplog.messages
+    with session_scope() as session:
+        statuses = session.scalars(select(Contact.status)).all()
+    assert len(statuses) == len(emails) and set(statuses) == {ContactStatus.UNSUBSCRIBED}
+    corrections = metrics.read_counters()["reconcile_corrections_total"]
+    assert sum(corrections.values()) == len(emails)  # the overlap re-read corrects nothing

@@ -194,3 +194,50 @@ def test_a_member_resubscribed_locally_later_by_webhook_is_not_reverted() -> Non
     source.add("r@example.org", "unsubscribed", T0)  # an older view of the member
     assert reconcile(source).corrections == 0
     assert status_of("r@example.org") == ContactStatus.SUBSCRIBED
+
+
+def test_a_run_past_its_time_budget_stops_at_a_page_and_its_continuation_goes_on_from_there() -> (
+    None
+):
+    source = FakeMembers()
+    for n in range(250):
+        source.add(f"p{n}@example.org", "unsubscribed", T0 + timedelta(seconds=n))
+    source.add("c@example.org", "cleaned", T0)
+    first = reconcile(source, page_size=100, time_budget_seconds=0)
+    assert first.resume == {"status": "unsubscribed", "since": None, "offset": 80}
+    assert first.pages == 1 and len(source.calls) == 1
+    assert status_of("p99@example.org") == ContactStatus.UNSUBSCRIBED
+    assert status_of("p100@example.org") is None
+    assert watermark(SUCCESS_WATERMARK) is None  # not a finished run yet
+
+    # Each continuation picks up the listing where the last one stopped, never from the top
+    # (members changed in one burst can fill more than a run's budget inside the overlap).
+    report, offsets = first, []
+    while report.resume is not None:
+        source.calls.clear()
+        report = reconcile(source, page_size=100, time_budget_seconds=0, resume=report.resume)
+        offsets.append(source.calls[0][2])
+    assert offsets == [80, 160]
+    assert source.calls[-1][0] == "cleaned"  # the last continuation went on to the next status
+    assert status_of("p249@example.org") == ContactStatus.UNSUBSCRIBED
+    assert status_of("c@example.org") == ContactStatus.CLEANED
+    assert watermark(SUCCESS_WATERMARK) is not None
+
+
+@pytest.mark.parametrize(
+    ("resume", "field"),
+    [
+        ({"status": "subscribed", "since": None, "offset": 0}, "status"),
+        ({"status": "cleaned", "since": "yesterday", "offset": 0}, "since"),
+        ({"status": "cleaned", "since": None, "offset": -1}, "offset"),
+        ({"status": "cleaned", "since": None, "offset": "80"}, "offset"),
+    ],
+)
+def test_a_bad_continuation_is_refused_naming_the_field_before_anything_is_read(
+    resume: dict[str, Any], field: str
+) -> None:
+    source = FakeMembers()
+    source.add("c@example.org", "cleaned", T0)
+    with pytest.raises(ValueError, match=f"resume: {field} "):
+        reconcile(source, resume=resume)
+    assert source.calls == [] and status_of("c@example.org") is None

@@ -6,6 +6,12 @@ transaction as the page it covers, so it advances only after that page is commit
 starts an overlap before it (clock differences, members changed while the last run paged),
 and consecutive pages overlap by a few rows (offset paging over changing data can skip rows).
 Re-applying a member is a no-op, so overlaps cost nothing but reads.
+
+A run given a time budget stops after the first committed page past it and says where it
+stopped (`ReconcileReport.resume`: the status, the `since` of its listing and the next
+offset); a run given that position continues that very listing. The task queues such a
+continuation, so no run holds its message near the broker's visibility timeout, past which
+Redis would hand the same run to a second worker. The position names no member.
 """
 
 from __future__ import annotations
@@ -64,6 +70,20 @@ class ReconcileReport:
     corrections: int = 0
     by_status: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Set when the run stopped at its time budget: pass it as `resume` to continue.
+    resume: dict[str, Any] | None = None
+
+
+def _position(resume: dict[str, Any]) -> tuple[str, datetime | None, int]:
+    """The listing a cut-short run stopped in; ValueError names a field that is wrong."""
+    status, since, offset = resume.get("status"), resume.get("since"), resume.get("offset")
+    if status not in STATUSES:
+        raise ValueError("resume: status is not one that reconcile pulls")
+    if since is not None and parse_last_changed(since) is None:
+        raise ValueError("resume: since is not an ISO time")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ValueError("resume: offset is not a whole number >= 0")
+    return str(status), parse_last_changed(since), offset
 
 
 def parse_last_changed(value: object) -> datetime | None:
@@ -131,16 +151,28 @@ def apply_member(session: Session, member: dict[str, Any], list_id: str) -> bool
     return True
 
 
-def reconcile(gateway: MembersSource, *, page_size: int = PAGE_SIZE) -> ReconcileReport:
-    """One reconciliation run over both opted-out statuses. Gateway errors propagate;
-    every page committed before one keeps its effect and its watermark."""
+def reconcile(
+    gateway: MembersSource,
+    *,
+    page_size: int = PAGE_SIZE,
+    time_budget_seconds: float | None = None,
+    resume: dict[str, Any] | None = None,
+) -> ReconcileReport:
+    """One reconciliation run over both opted-out statuses, or the rest of one that stopped
+    at its time budget (`resume`). Gateway errors propagate; every page committed before
+    one keeps its effect and its watermark."""
     started = time.monotonic()
     report = ReconcileReport()
-    for status in STATUSES:
+    position = _position(resume) if resume is not None else None
+    first = STATUSES.index(position[0]) if position is not None else 0
+    for status in STATUSES[first:]:
         name = watermark_name(status)
-        mark = _get_watermark(name)
-        since = mark - OVERLAP if mark is not None else None
-        offset = 0
+        if position is not None and status == position[0]:
+            _, since, offset = position
+        else:
+            mark = _get_watermark(name)
+            since = mark - OVERLAP if mark is not None else None
+            offset = 0
         while True:
             members, total = gateway.list_members(status, since, offset, page_size)
             if not members:
@@ -165,6 +197,15 @@ def reconcile(gateway: MembersSource, *, page_size: int = PAGE_SIZE) -> Reconcil
             if offset + len(members) >= total:
                 break
             offset += max(1, len(members) - ROW_OVERLAP)
+            if (
+                time_budget_seconds is not None
+                and time.monotonic() - started >= time_budget_seconds
+            ):
+                since_text = since.isoformat() if since is not None else None
+                report.resume = {"status": status, "since": since_text, "offset": offset}
+                report.seconds = round(time.monotonic() - started, 3)
+                log.info("reconcile: time budget spent after %d pages; continuing", report.pages)
+                return report
     with session_scope() as session:
         _set_watermark(session, SUCCESS_WATERMARK, utcnow())
     report.seconds = round(time.monotonic() - started, 3)
