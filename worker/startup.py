@@ -1,4 +1,6 @@
-"""Checks every long-running process makes at start: a bad forms or retention file stops it."""
+"""What long-running processes do at start: check the config files (a bad forms or retention
+file stops the process), and, once started, keep the cycle collector off their start-up
+objects; the worker's pool processes also lower their priority."""
 
 from __future__ import annotations
 

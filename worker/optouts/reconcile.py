@@ -151,6 +151,17 @@ def apply_member(session: Session, member: dict[str, Any], list_id: str) -> bool
     return True
 
 
+def _listing_start(
+    status: str, position: tuple[str, datetime | None, int] | None
+) -> tuple[datetime | None, int]:
+    """Where the listing of `status` starts (`since`, offset): a continuation's position, or
+    the overlap before the status's watermark (every opted-out member on the first run)."""
+    if position is not None and status == position[0]:
+        return position[1], position[2]
+    mark = _get_watermark(watermark_name(status))
+    return (mark - OVERLAP if mark is not None else None), 0
+
+
 def reconcile(
     gateway: MembersSource,
     *,
@@ -167,12 +178,7 @@ def reconcile(
     first = STATUSES.index(position[0]) if position is not None else 0
     for status in STATUSES[first:]:
         name = watermark_name(status)
-        if position is not None and status == position[0]:
-            _, since, offset = position
-        else:
-            mark = _get_watermark(name)
-            since = mark - OVERLAP if mark is not None else None
-            offset = 0
+        since, offset = _listing_start(status, position)
         while True:
             members, total = gateway.list_members(status, since, offset, page_size)
             if not members:
