@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import random
 import re
@@ -38,6 +37,7 @@ from config import Settings  # noqa: E402
 from worker.cli import processes  # noqa: E402
 from worker.cli.processes import free_port  # noqa: E402
 from worker.models import Base, EventState, WebhookEvent  # noqa: E402
+from worker.startup import freeze_startup_objects  # noqa: E402
 
 PG = os.environ.get(
     "LISTSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument(
         "--worker-nice",
         type=int,
-        default=None,
+        default=Settings.model_fields["worker_nice"].default,
         help="LISTSYNC_WORKER_NICE for the worker (default: the setting's; 0: no lower priority)",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
@@ -246,9 +246,8 @@ def main() -> None:
         "LISTSYNC_WEBHOOK_SECRETS": SECRET,
         "LISTSYNC_MAILCHIMP_LIST_ID": LIST_ID,
         "LISTSYNC_LOG_LEVEL": "WARNING",
+        "LISTSYNC_WORKER_NICE": str(args.worker_nice),
     }
-    if args.worker_nice is not None:
-        env["LISTSYNC_WORKER_NICE"] = str(args.worker_nice)
     logs = ROOT / "var" / "bench" / schema  # per run: two runs at once must not share logs
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -274,19 +273,15 @@ def main() -> None:
         bodies += [event_body(random.randrange(distinct)) for _ in range(args.requests - distinct)]
         random.shuffle(bodies)
         url = f"{base}/v1/mailchimp/webhook/{SECRET}"
-        nice = args.worker_nice
-        if nice is None:
-            nice = Settings.model_fields["worker_nice"].default
         print(
             f"sending {len(bodies)} POSTs ({distinct} distinct events), "
             f"{args.concurrency} concurrent {args.client} clients"
             f"{f' offering {args.rate:,.0f}/s' if args.rate else ''}, "
-            f"{args.web_workers} uvicorn workers, worker niceness {nice}"
+            f"{args.web_workers} uvicorn workers, worker niceness {args.worker_nice}"
         )
         # The client's own full collections walked its 20,000 bodies and stalled every request
         # in flight for up to 110 ms: latency that was the load generator's, not the server's.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_objects()
         started = time.perf_counter()
         if args.client == "lean":
             sending = lean_burst(url, bodies, args.concurrency, args.rate)

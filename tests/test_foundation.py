@@ -105,6 +105,22 @@ def test_every_setting_is_documented() -> None:
     assert missing == []
 
 
+def printed_by_new_process(code: str, *, nice: int = 0, env: dict[str, str] | None = None) -> int:
+    """Run `code` in a fresh interpreter (at niceness `nice`) and return the int it prints."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    argv = ["nice", "-n", str(nice), sys.executable, "-c", code]
+    run = subprocess.run(
+        argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    return int(run.stdout.split()[-1])
+
+
 @pytest.mark.parametrize(
     "start",
     [
@@ -117,15 +133,8 @@ def test_long_running_processes_hide_their_start_up_objects_from_the_cycle_colle
 ) -> None:
     # Full collections walked every module, class and route, stalling a web process's event
     # loop for 150 ms and more under load (docs/performance.md).
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
-    code = f"import gc; {start}; print(gc.get_freeze_count())"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) > 10_000
+    frozen = printed_by_new_process(f"import gc; {start}; print(gc.get_freeze_count())")
+    assert frozen > 10_000
 
 
 @pytest.mark.parametrize(("started_at", "setting", "runs_at"), [(0, "7", 7), (12, "7", 12)])
@@ -134,18 +143,9 @@ def test_pool_processes_run_at_the_configured_niceness_never_higher_priority(
 ) -> None:
     # Tasks are a backlog; the web's answers come first where both share CPUs. A worker
     # started at a lower priority keeps it (raising it again would need privileges).
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     code = (
         "import os; from worker.app import _start_pool_process; _start_pool_process(); "
         "print(os.getpriority(os.PRIO_PROCESS, 0))"
     )
-    argv = ["nice", "-n", str(started_at), sys.executable, "-c", code]
-    env = {**os.environ, "LISTSYNC_WORKER_NICE": setting}
-    out = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) == runs_at
+    env = {"LISTSYNC_WORKER_NICE": setting}
+    assert printed_by_new_process(code, nice=started_at, env=env) == runs_at
