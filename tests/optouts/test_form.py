@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.optouts.payloads import (
@@ -20,7 +20,7 @@ from tests.optouts.payloads import (
     upemail,
 )
 from worker.optouts.events import BadEvent, parse_fired_at, validate_event
-from worker.optouts.form import FormError, parse_form
+from worker.optouts.form import FormError, form_pairs, parse_form
 
 AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=UTC)
 
@@ -85,6 +85,20 @@ def test_arbitrary_bytes_parse_or_raise_form_error_only(raw: bytes) -> None:
 
 
 keys = st.text(alphabet="ab[]0", min_size=1, max_size=12)
+form_text = st.text(alphabet=st.sampled_from("ab[]=&%+ 0fF9é\x00"), max_size=80)
+
+
+@example("%5B" * 300 + "=x&" + "a" * 700 + "=%C3%A9")  # names too long for the cache
+@given(st.one_of(form_text, st.lists(st.tuples(st.text(), st.text())).map(urlencode)))
+def test_form_pairs_are_what_parse_qsl_gives(text: str) -> None:
+    # form_pairs is the fast path of parse_qsl(keep_blank_values=True, errors="strict").
+    try:
+        expected = parse_qsl(text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            form_pairs(text)
+        return
+    assert form_pairs(text) == expected
 
 
 @given(st.lists(st.tuples(keys, st.text(max_size=20)), max_size=20))
