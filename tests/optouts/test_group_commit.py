@@ -14,10 +14,10 @@ import httpx
 import pytest
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from tests.optouts.payloads import FORM, URL, body, campaign, unsubscribe
+from tests.optouts.payloads import FORM, URL, body, campaign, subscribe, unsubscribe
 from tests.optouts.test_receiver import event_count
 from worker.db import session_scope
-from worker.models import EventState
+from worker.models import EventState, WebhookEvent
 from worker.optouts import inbox
 from worker.web.group_commit import GroupCommit
 
@@ -47,6 +47,40 @@ def test_a_batch_stores_each_key_once_and_answers_in_order() -> None:
     assert [r.state for r in receipts] == [EventState.PENDING] * 4 + [EventState.IGNORED]
     assert len({r.event_id for r in receipts}) == 4
     assert event_count() == 4
+
+
+@pytest.mark.usefixtures("store")
+def test_a_batch_stores_every_column_as_given_unicode_and_quotes_included() -> None:
+    # PostgreSQL gets the rows as one JSON document, SQLite as parameters: the same rows.
+    event = inbox.parse(
+        body(subscribe("zoë+tag@exämple.org", AT, FNAME='Zoë "Z"', LNAME="Łukasz \\ 山田"))
+    )
+    unknown = inbox.parse(body([("type", "merge_party"), *campaign(AT)[1:]]))
+    now = datetime(2024, 3, 2, 8, 0, 1, 250000, tzinfo=UTC)
+    with session_scope() as session:
+        receipts = inbox.store_many(session, [event, unknown], now=now)
+    names = [c.name for c in WebhookEvent.__table__.columns if c.name != "id"]
+    with session_scope() as session:
+        stored = [session.get(WebhookEvent, r.event_id) for r in receipts]
+        columns = [{name: getattr(e, name) for name in names} for e in stored if e is not None]
+    common = {"source": "webhook", "fired_at": AT, "received_at": now}
+    assert columns == [
+        {"dedupe_key": event.dedupe_key, "type": "subscribe", "email_hash": event.email_hash}
+        | {"payload": event.payload, "state": "pending", "applied_at": None, "outcome": None}
+        | common,
+        {"dedupe_key": unknown.dedupe_key, "type": "merge_party", "email_hash": None}
+        | {"payload": unknown.payload, "state": "ignored", "applied_at": now}
+        | {"outcome": "unknown_type"}
+        | common,
+    ]
+    assert event.payload["data"]["merges"]["LNAME"] == "Łukasz \\ 山田"
+
+
+@pytest.mark.usefixtures("store")
+def test_a_batch_with_a_time_of_no_zone_is_refused_and_stores_nothing() -> None:
+    with pytest.raises(Exception, match="naive"), session_scope() as session:
+        inbox.store_many(session, [parsed(1), parsed(2)], now=datetime(2024, 3, 2, 8, 0))
+    assert event_count() == 0
 
 
 # --- the group commit, with a store of the test's own -------------------------------------
