@@ -220,8 +220,8 @@ class WebhookEvent(Base):
 
     __tablename__ = "webhook_event"
     __table_args__ = (
-        Index("ix_webhook_event_state_received", "state", "received_at"),
         # An apply run claims the oldest pending events: an index scan, not a sort of them all.
+        # The sweep counts the pending events through it too (state comes first).
         Index("ix_webhook_event_state_fired", "state", "fired_at", "id"),
     )
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.helpers import wait_for
 from tests.optouts.payloads import TestClient, body, post, unsubscribe
@@ -48,6 +49,30 @@ def test_an_event_whose_message_redis_lost_is_applied_by_the_sweep(
     assert state_of(receipt.event_id) == EventState.PENDING
     app.send_task("listsync.optouts.sweep")
     wait_for(lambda: state_of(receipt.event_id) == EventState.APPLIED)
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # the planner's choice
+def test_the_sweep_reads_the_pending_events_only_however_many_were_applied(store: str) -> None:
+    with session_scope() as session:  # an hour ago: 49,998 applied, 2 pending
+        session.execute(
+            text(
+                "INSERT INTO webhook_event (dedupe_key, type, source, fired_at, received_at, state)"
+                " SELECT md5(n::text), 'unsubscribe', 'webhook', now(), now() - interval '1 hour',"
+                " CASE WHEN n % 25000 = 0 THEN 'pending' ELSE 'applied' END"
+                " FROM generate_series(1, 50000) AS n"
+            )
+        )
+        session.execute(text("ANALYZE webhook_event"))
+    statement = inbox.count_waiting(utcnow(), inbox.SWEEP_GRACE)
+    with session_scope() as session:
+        assert session.scalar(statement) == 2
+        compiled = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+        explain = text(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {compiled}")
+        plan = "\n".join(row[0] for row in session.execute(explain))
+    assert "ix_webhook_event_state_fired" in plan and "Seq Scan" not in plan, plan
+    read = re.search(r"Buffers: shared hit=(\d+)", plan)  # the top node's: the whole query's
+    assert read is not None and int(read.group(1)) < 20, plan  # a scan of all reads 250
 
 
 def test_redis_refusing_the_enqueue_still_answers_200_and_the_sweep_sends_it_later(

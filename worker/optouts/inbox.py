@@ -20,7 +20,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import JSON, Insert, Table, Text, bindparam, cast, column, func, select
+from sqlalchemy import (
+    JSON,
+    Insert,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    column,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -209,19 +220,21 @@ def clear_apply_request() -> None:
         get_redis().delete(APPLY_FLAG)
 
 
+def count_waiting(now: datetime, grace: timedelta) -> Select[int]:
+    """How many events are pending since before `now - grace`: an index scan of the pending
+    ones (ix_webhook_event_state_fired), however many events are stored."""
+    return select(func.count()).where(
+        WebhookEvent.state == EventState.PENDING, WebhookEvent.received_at < now - grace
+    )
+
+
 def sweep(*, now: datetime | None = None, grace: timedelta = SWEEP_GRACE) -> int:
     """Queue an apply run when events wait longer than they should (their message was lost).
 
     Returns how many such events there are.
     """
-    now = now or utcnow()
     with session_scope() as session:
-        stale = session.scalar(
-            select(func.count()).where(
-                WebhookEvent.state == EventState.PENDING,
-                WebhookEvent.received_at < now - grace,
-            )
-        )
+        stale = session.scalar(count_waiting(now or utcnow(), grace))
     if stale:
         log.warning("inbox sweep: %d events wait to be applied; queueing an apply run", stale)
         request_apply(force=True)
