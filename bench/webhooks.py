@@ -1,6 +1,6 @@
 """Burst of webhook POSTs against `listsync web` (uvicorn, 2 workers) on PostgreSQL, with a
-real Celery worker applying them: requests/s, p50/p99 latency, time until all are applied,
-lost and applied-twice counts.
+real Celery worker applying them: requests/s, p50/p99 latency, the web processes' CPU per
+request, time until all are applied, lost and applied-twice counts.
 
     .venv/bin/python bench/webhooks.py --requests 20000 [--concurrency 64] [--duplicates 0.05]
 
@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, func, select, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import CpuMeter, descendants  # noqa: E402
 from config import Settings  # noqa: E402
 from worker.cli import processes  # noqa: E402
 from worker.cli.processes import free_port  # noqa: E402
@@ -282,6 +283,10 @@ def main() -> None:
         # The client's own full collections walked its 20,000 bodies and stalled every request
         # in flight for up to 110 ms: latency that was the load generator's, not the server's.
         freeze_startup_objects()
+        # The uvicorn workers' CPU during the burst: steadier than the rate on a busy machine.
+        web_cpu = CpuMeter()
+        web_pids = {pid: "web" for pid in descendants(procs[0].pid)}
+        web_cpu.read(web_pids, start=True)
         started = time.perf_counter()
         if args.client == "lean":
             sending = lean_burst(url, bodies, args.concurrency, args.rate)
@@ -289,6 +294,7 @@ def main() -> None:
             sending = burst(url, bodies, args.concurrency)
         latencies, statuses = uvloop.run(sending)
         elapsed = time.perf_counter() - started
+        web_cpu.read(web_pids)
         if args.worker_after:
             with (logs / "worker.log").open("ab") as w_log:
                 procs.append(
@@ -339,6 +345,11 @@ def main() -> None:
         f"{percentile(latencies, 0.99) * 1000:.1f} ms"
     )
     print(f"HTTP statuses:       {dict(sorted(statuses.items()))}")
+    web_seconds = web_cpu.used().get("web", 0.0)
+    print(
+        f"web CPU per request: {web_seconds / len(bodies) * 1e6:.0f} µs "
+        f"({web_seconds:.2f} s in {len(web_pids)} processes during the burst)"
+    )
     print(
         f"all applied after:   {all_applied:.2f} s from the first request "
         f"({'done' if applied == distinct else 'NOT done'})"

@@ -6,6 +6,7 @@ unnoticed when a column was dropped; these keep that from happening again."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,9 @@ def test_webhook_benchmark_loses_nothing_and_applies_nothing_twice(
     # (the count that "applied twice" is made from, so it is not vacuous).
     assert "(events the worker logged as applied: 285)" in out and "(done)" in out
     assert "requests/s:" in out and "latency p50 / p99:" in out
+    # The uvicorn supervisor and its two workers (the figure is not a leftover zero).
+    cpu = re.search(r"web CPU per request: (\d+) µs \(([\d.]+) s in 3 processes", out)
+    assert cpu is not None and float(cpu.group(2)) > 0, out
 
 
 def test_sync_benchmark_compares_with_its_baseline_in_the_same_run() -> None:
