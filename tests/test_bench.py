@@ -74,6 +74,14 @@ def test_sync_benchmark_compares_with_its_baseline_in_the_same_run() -> None:
     assert "zero 429s (listsync)" in out
 
 
+def test_inbox_benchmark_prints_each_figure_beside_its_baseline() -> None:
+    out = bench("bench/inbox.py", "--bodies", "50", "--events", "40", "--batches", "5,20")
+    assert re.search(r"form pairs: +[\d.]+ µs per body, parse_qsl [\d.]+ µs \([\d.]+x\)", out)
+    assert "parse and validate:" in out
+    for size in (5, 20):
+        assert re.search(rf"store, +{size} a batch: +\d+ µs .* insertmanyvalues \d+ µs", out)
+
+
 def test_apply_benchmark_applies_every_stored_event() -> None:
     out = bench("bench/apply.py", "--events", "250")
     assert "applied:             250 of 250 events" in out
