@@ -29,8 +29,13 @@ lint: $(STAMP)
 audit: $(STAMP)
 	$(BIN)/pip-audit --strict --progress-spinner off -r deploy/requirements.lock --no-deps --disable-pip
 
+# Two test processes (pytest-xdist): most tests wait on processes, sockets and timers, so two
+# share the two cores well (4.2 min against 7.4 for one on the build machine). TEST_WORKERS=0
+# runs them in this process; each worker gets Redis DBs of its own (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var

@@ -22,7 +22,24 @@ CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get(
     "LISTSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-LOCAL_REDIS = os.environ.get("LISTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: pytest-xdist runs the suite in WORKERS processes (`-n`, see pyproject.toml); each gets Redis
+#: DBs of its own (its tests flush them), counted down from the configured one.
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def _redis_db(url: str, below: int) -> str:
+    """`url` with its DB number lowered by `below` (DB 15 and 2 below: DB 13)."""
+    base, _, db = url.rpartition("/")
+    number = int(db or 0) - below
+    if number < 0:
+        raise pytest.UsageError(f"{url}: too few Redis DBs below it for {WORKERS} test workers")
+    return f"{base}/{number}"
+
+
+LOCAL_REDIS = _redis_db(
+    os.environ.get("LISTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), WORKER
+)
 NOT_COVERED: list[str] = []
 
 
@@ -69,7 +86,7 @@ def _start_embedded_redis() -> tuple[str, subprocess.Popen[bytes]]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/15"
+    url = _redis_db(f"redis://127.0.0.1:{port}/15", WORKER)
     deadline = time.monotonic() + 10
     while not _redis_up(url):
         if time.monotonic() > deadline:
@@ -92,7 +109,10 @@ PG_UP = _postgres_up()
 if not PG_UP:
     if CI:
         raise pytest.UsageError(f"CI=true but PostgreSQL is not reachable at {PG_ADMIN_URL}")
-    NOT_COVERED.append("PostgreSQL (database tests ran on SQLite only)")
+    # Said here, not where they are left out: under pytest-xdist only the workers collect.
+    NOT_COVERED.append(
+        "PostgreSQL (database tests ran on SQLite only, the benchmark smoke tests not at all)"
+    )
 DB_BACKENDS = ["sqlite", "postgresql"] if PG_UP else ["sqlite"]
 
 os.environ["LISTSYNC_BROKER_URL"] = REDIS_URL
@@ -117,7 +137,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
-        NOT_COVERED.append("the benchmark smoke tests (they need PostgreSQL)")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

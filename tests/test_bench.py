@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REDIS_URL, ROOT
+from tests.conftest import REDIS_URL, ROOT, WORKERS, _redis_db
 
-#: The benchmarks flush the Redis DB they use: not the tests' own.
-BENCH_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+#: The benchmarks flush the Redis DB they use: not the tests' own, nor another test worker's.
+BENCH_REDIS = _redis_db(REDIS_URL, WORKERS)
 
 
 def bench(*argv: str, timeout: float = 240) -> str:
