@@ -22,13 +22,13 @@ CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_ADMIN_URL = os.environ.get(
     "LISTSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-#: pytest-xdist runs the suite in WORKERS processes (`-n`, see pyproject.toml); each gets Redis
-#: DBs of its own (its tests flush them), counted down from the configured one.
+#: `make test` runs the suite in WORKERS pytest-xdist processes; each gets Redis DBs of its own
+#: (its tests flush them), counted down from the configured one.
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
-def _redis_db(url: str, below: int) -> str:
+def redis_db(url: str, below: int) -> str:
     """`url` with its DB number lowered by `below` (DB 15 and 2 below: DB 13)."""
     base, _, db = url.rpartition("/")
     number = int(db or 0) - below
@@ -37,7 +37,7 @@ def _redis_db(url: str, below: int) -> str:
     return f"{base}/{number}"
 
 
-LOCAL_REDIS = _redis_db(
+LOCAL_REDIS = redis_db(
     os.environ.get("LISTSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"), WORKER
 )
 NOT_COVERED: list[str] = []
@@ -86,7 +86,7 @@ def _start_embedded_redis() -> tuple[str, subprocess.Popen[bytes]]:
         ],
         stdout=subprocess.DEVNULL,
     )
-    url = _redis_db(f"redis://127.0.0.1:{port}/15", WORKER)
+    url = f"redis://127.0.0.1:{port}/15"  # a server of this test process's own
     deadline = time.monotonic() + 10
     while not _redis_up(url):
         if time.monotonic() > deadline:

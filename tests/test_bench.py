@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from tests.conftest import REDIS_URL, ROOT, WORKERS, _redis_db
+from tests.conftest import REDIS_URL, ROOT, WORKERS, redis_db
 
 #: The benchmarks flush the Redis DB they use: not the tests' own, nor another test worker's.
-BENCH_REDIS = _redis_db(REDIS_URL, WORKERS)
+BENCH_REDIS = redis_db(REDIS_URL, WORKERS)
 
 
 def bench(*argv: str, timeout: float = 240) -> str:
