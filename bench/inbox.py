@@ -12,12 +12,12 @@ database); uses its own schema, dropped after.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import parse_qsl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +50,6 @@ def main() -> None:
         os.environ["LISTSYNC_DATABASE_URL"] = url
         os.environ["LISTSYNC_MAILCHIMP_LIST_ID"] = LIST_ID
         from sqlalchemy.dialects.postgresql import insert as pg_insert
-        from sqlalchemy.orm import Session
 
         from worker.db import dispose_engines, get_engine, session_scope
         from worker.models import Base, utcnow
@@ -72,15 +71,7 @@ def main() -> None:
         print(f"parse and validate:  {whole:.1f} µs per body (inbox.parse, the whole step)")
 
         Base.metadata.create_all(get_engine())
-        table = inbox._TABLE
-
-        def many_rows(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-            statement = (
-                pg_insert(table)
-                .on_conflict_do_nothing(index_elements=["dedupe_key"])
-                .returning(table.c.id, table.c.dedupe_key)
-            )
-            return {key: int(event_id) for event_id, key in session.execute(statement, rows)}
+        many_rows = functools.partial(inbox._insert_values, dialect_insert=pg_insert)
 
         rounds = args.repeat * len(sizes) * 2
         events = [inbox.parse(event_body(n)) for n in range(args.events * rounds)]

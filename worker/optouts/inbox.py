@@ -99,7 +99,7 @@ def store_many(
     for event in sorted(events, key=lambda e: e.dedupe_key):
         rows.setdefault(event.dedupe_key, _row(event, now))
     on_postgresql = session.get_bind().dialect.name == "postgresql"
-    insert_new = _insert_postgresql if on_postgresql else _insert_sqlite
+    insert_new = _insert_postgresql if on_postgresql else _insert_values
     inserted = insert_new(session, list(rows.values()))
     known: dict[str, tuple[int, str]] = {}
     if missing := [key for key in rows if key not in inserted]:
@@ -151,11 +151,14 @@ def _json_insert_statement(columns: tuple[str, ...]) -> Insert:
     )
 
 
-def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """As _insert_postgresql, with SQLAlchemy's "insertmanyvalues": multi-row INSERTs of one
-    statement compiled once (a literal .values(list) would be compiled anew per count)."""
+def _insert_values(
+    session: Session, rows: list[dict[str, Any]], dialect_insert: Any = sqlite_insert
+) -> dict[str, int]:
+    """As _insert_postgresql, for SQLite: SQLAlchemy's "insertmanyvalues", multi-row INSERTs of one
+    statement compiled once (a literal .values(list) would be compiled anew per count).
+    `dialect_insert`: the dialect's own `insert` (bench/inbox.py runs it on PostgreSQL)."""
     insert = (
-        sqlite_insert(_TABLE)
+        dialect_insert(_TABLE)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(_TABLE.c.id, _TABLE.c.dedupe_key)
     )

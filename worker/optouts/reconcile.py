@@ -79,11 +79,12 @@ def _position(resume: dict[str, Any]) -> tuple[str, datetime | None, int]:
     status, since, offset = resume.get("status"), resume.get("since"), resume.get("offset")
     if status not in STATUSES:
         raise ValueError("resume: status is not one that reconcile pulls")
-    if since is not None and parse_last_changed(since) is None:
+    start = parse_last_changed(since) if since is not None else None
+    if since is not None and start is None:
         raise ValueError("resume: since is not an ISO time")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise ValueError("resume: offset is not a whole number >= 0")
-    return str(status), parse_last_changed(since), offset
+    return str(status), start, offset
 
 
 def parse_last_changed(value: object) -> datetime | None:
@@ -162,6 +163,22 @@ def _listing_start(
     return (mark - OVERLAP if mark is not None else None), 0
 
 
+def _apply_page(members: list[dict[str, Any]], list_id: str, watermark: str) -> int:
+    """Apply one page and move `watermark` to its newest `last_changed`, in one commit;
+    returns how many members were corrections."""
+    corrections = 0
+    newest: datetime | None = None
+    with session_scope() as session:
+        for member in members:
+            corrections += apply_member(session, member, list_id)
+            changed = parse_last_changed(member.get("last_changed"))
+            if changed is not None and (newest is None or changed > newest):
+                newest = changed
+        if newest is not None:
+            _set_watermark(session, watermark, newest)
+    return corrections
+
+
 def reconcile(
     gateway: MembersSource,
     *,
@@ -183,17 +200,7 @@ def reconcile(
             members, total = gateway.list_members(status, since, offset, page_size)
             if not members:
                 break
-            corrections = 0
-            with session_scope() as session:
-                newest: datetime | None = None
-                for member in members:
-                    if apply_member(session, member, gateway.list_id):
-                        corrections += 1
-                    changed = parse_last_changed(member.get("last_changed"))
-                    if changed is not None and (newest is None or changed > newest):
-                        newest = changed
-                if newest is not None:
-                    _set_watermark(session, name, newest)
+            corrections = _apply_page(members, gateway.list_id, name)
             report.pages += 1
             report.members += len(members)
             report.corrections += corrections
