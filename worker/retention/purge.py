@@ -76,8 +76,12 @@ log = logging.getLogger(__name__)
 
 #: Ids per transaction: small enough that a chunk commits in milliseconds.
 CHUNK_SIZE = 1000
-#: Advisory lock key for PostgreSQL ("listsync purge" packed into a signed 64-bit integer).
-PG_LOCK_KEY = 0x6C73_7075_7267_6500
+#: Advisory lock class for PostgreSQL ("lspu" packed into a signed 32-bit integer). The lock's
+#: second key is the hash of the schema the tables live in: it guards those tables, so two
+#: deployments (or test processes) in one database, each in its own schema, do not exclude
+#: each other.
+PG_LOCK_CLASS = 0x6C73_7075
+_PG_LOCK = "(:k, hashtext(current_schema()))"
 #: The watermark /metrics and `listsync status` read: the end of the last complete real run.
 WATERMARK = "purge_success"
 #: Suppression reason for opted-out contacts reduced to their hash.
@@ -330,13 +334,15 @@ def purge_lock(engine: Engine) -> Iterator[bool]:
     """Yields True when this process holds the purge lock, False when another one does."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": PG_LOCK_KEY}))
+            got = bool(
+                conn.scalar(text(f"SELECT pg_try_advisory_lock{_PG_LOCK}"), {"k": PG_LOCK_CLASS})
+            )
             conn.commit()  # a session-level lock: no transaction left open meanwhile
             try:
                 yield got
             finally:
                 if got:
-                    conn.scalar(text("SELECT pg_advisory_unlock(:k)"), {"k": PG_LOCK_KEY})
+                    conn.scalar(text(f"SELECT pg_advisory_unlock{_PG_LOCK}"), {"k": PG_LOCK_CLASS})
                     conn.commit()
         return
     with open(_sqlite_lock_path(engine), "a+b") as handle:
