@@ -77,7 +77,7 @@ task_routes = {
     "listsync.retention.*": {"queue": "maintenance", "routing_key": "maintenance"},
 }
 
-imports = ("tasks.signups", "tasks.sync", "tasks.optouts", "tasks.retention")
+imports = ("tasks.lifecycle", "tasks.signups", "tasks.sync", "tasks.optouts", "tasks.retention")
 
 timezone = "UTC"
 enable_utc = True

@@ -1,13 +1,11 @@
-"""Shared helpers of the sync benchmarks (bench/sync.py, bench/baseline_sync.py): child
-processes, a throwaway PostgreSQL schema, peak RSS from /proc, emulator counter sums."""
+"""Shared helpers of the benchmarks: child processes, a throwaway PostgreSQL schema, CPU and
+peak RSS of process trees, emulator counter sums."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,13 +18,17 @@ from typing import Any
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from worker.supervise import Children, cpu_seconds, descendants, peak_rss_kib  # noqa: E402
+
 PG_ADMIN_URL = os.environ.get(
     "LISTSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/8"
 #: Synthetic addresses on a domain the emulator does not treat as fake (example.com is).
 EMAIL_DOMAIN = "bench.listsync.org"
-_PR_SET_PDEATHSIG = 1
 
 
 def email(prefix: str, n: int) -> str:
@@ -92,64 +94,10 @@ def clean_env(**overrides: str) -> dict[str, str]:
 # --- child processes ----------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-
-class Children:
-    """Processes this benchmark started. Each leads its own process group (a Celery prefork
-    worker and its pool), so `stop` can end exactly that group, by its id."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[Child] = []
-
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> Child:
-        log = self.log_dir / f"{name}.log"
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                list(argv),
-                env=dict(env),
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        child = Child(name, proc, log)
-        self.started.append(child)
-        return child
-
-    def stop(self, child: Child, timeout: float = 20.0) -> None:
-        """SIGTERM (Celery's warm shutdown), then SIGKILL to the child's own group."""
-        if child.alive():
-            child.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.pid, signal.SIGKILL)  # pool processes left behind, if any
-        if child.alive():
-            child.proc.kill()
-        child.proc.wait()
-
-    def stop_all(self) -> None:
-        for child in reversed(self.started):
-            self.stop(child)
+def children(log_dir: Path) -> Children:
+    """The benchmark's children: each logs to its own file in `log_dir` and leads its own
+    process group (a Celery prefork worker and its pool), run from the project's root."""
+    return Children(log_dir, own_groups=True, cwd=ROOT)
 
 
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str = "") -> None:
@@ -161,52 +109,6 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05, what: str =
 
 
 # --- peak RSS -----------------------------------------------------------------------------
-
-
-def vm_hwm_kib(pid: int | str = "self") -> int | None:
-    """The process's peak resident set size (VmHWM) in KiB, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return None
-
-
-def descendants(root: int) -> list[int]:
-    """Every live descendant of `root` (scans /proc once)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    found: list[int] = []
-    todo = [root]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU the process has used so far (its own, not its children's)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
 @dataclass
@@ -247,7 +149,7 @@ class RssTracker:
         if with_children:
             pids += [(f"{role} pool child", p) for p in descendants(pid)]
         for name, p in pids:
-            kib = vm_hwm_kib(p)
+            kib = peak_rss_kib(p)
             if kib is not None:
                 self.peaks[(name, p)] = max(kib, self.peaks.get((name, p), 0))
 

@@ -34,14 +34,15 @@ if str(ROOT) not in sys.path:
 from bench._common import (  # noqa: E402
     DEFAULT_REDIS_URL,
     CallSummary,
-    Children,
     RssTracker,
+    children,
     clean_env,
     email,
     load_average,
     subscribed,
     wait_for,
 )
+from worker.supervise import Children  # noqa: E402
 
 QUEUE = "bench_baseline"
 TASK = "bench.baseline.set_member"
@@ -170,7 +171,7 @@ def run_baseline(
         calls = CallSummary.of(emu.counters())
         rss.sample("baseline worker", child.pid, with_children=True)
     finally:
-        children.stop(child)
+        child.stop(20)
         broker.delete(QUEUE)
         broker.close()
     return BaselineResult(
@@ -205,13 +206,13 @@ def main() -> None:
     rss = RssTracker()
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="bench-baseline-") as logs:
-        children = Children(Path(logs))
+        supervisor = children(Path(logs))
         with EmulatorProcess() as emu:
             emu.set_faults(latency_ms=args.latency_ms, max_connections=args.max_connections)
             try:
                 result = run_baseline(
                     emu,
-                    children,
+                    supervisor,
                     rss,
                     redis_url=args.redis_url,
                     signups=args.signups,
@@ -221,7 +222,7 @@ def main() -> None:
                 if emu.pid is not None:
                     rss.sample("emulator", emu.pid)
             finally:
-                children.stop_all()
+                supervisor.stop_all()
     rss.sample("bench driver", os.getpid())
     if args.json:
         out = {"baseline": asdict(result), "peak_rss": rss.rows(), "load_before": load_before}

@@ -32,8 +32,6 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,11 +54,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import clean_env, pg_schema, run_migrations, wait_for  # noqa: E402
-from worker.children import die_with_parent  # noqa: E402
+from worker.addresses import email_hash  # noqa: E402
 from worker.cli.processes import free_port, register_webhook  # noqa: E402
 from worker.emulator.process import EmulatorProcess  # noqa: E402
-from worker.intake import RECEIVE_TASK, build_message, masked_repr  # noqa: E402
-from worker.mailchimp import email_hash  # noqa: E402
+from worker.publish import RECEIVE_TASK  # noqa: E402
+from worker.signups.message import build_message, masked_repr  # noqa: E402
+from worker.supervise import Child  # noqa: E402
 
 #: Every address the drill uses contains this marker, so the PII scan finds any of them,
 #: or any local part of one, in a log line.
@@ -234,55 +233,6 @@ def _fmt(mapping: Mapping[str, Any]) -> str:
 # --- processes ----------------------------------------------------------------------------
 
 
-class Proc:
-    """One supervised process, leading its own process group, logging to its own file
-    (appended across restarts, so the PII scan sees every incarnation)."""
-
-    def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log: Path) -> None:
-        self.name, self.argv, self.env, self.log = name, argv, dict(env), log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_offset = 0
-
-    def start(self) -> None:
-        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def logged_since_start(self, needle: str) -> bool:
-        with self.log.open("rb") as f:
-            f.seek(self.log_offset)
-            return needle.encode() in f.read()
-
-    def kill(self) -> None:
-        """SIGKILL the whole group: the main process and its pool, as a crash would."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
-        self.kill()
-
-
 class RedisServer:
     """A dedicated redis-server. Without persistence (the default, as the issue asks) a
     restart loses everything it held; with `persistent`, it runs as docker-compose runs
@@ -300,7 +250,7 @@ class RedisServer:
             argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data)]
         else:
             argv += ["--appendonly", "no"]
-        self.proc = Proc("redis", argv, os.environ, log_dir / "redis.log")
+        self.proc = Child("redis", argv, os.environ, log=log_dir / "redis.log", own_group=True)
         self.client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
 
     def up(self) -> bool:
@@ -636,7 +586,7 @@ class Chaos:
     """Kills and restarts on a seeded schedule; a killed process comes back after a short
     pause, as a supervisor would bring it back."""
 
-    def __init__(self, procs: dict[str, Proc], redis_server: RedisServer, rng: random.Random):
+    def __init__(self, procs: dict[str, Child], redis_server: RedisServer, rng: random.Random):
         self.procs, self.redis, self.rng = procs, redis_server, rng
         self.done: Counter[str] = Counter()
         self.log: list[str] = []
@@ -664,7 +614,7 @@ class Chaos:
         docker-compose's `restart: unless-stopped` does. (A worker started while Redis is
         down refuses to start, by design: "cannot reach the broker", exit status 1.)"""
         for name, proc in self.procs.items():
-            if proc.proc is not None and not proc.alive() and name not in self._starting:
+            if proc.exit_code() is not None and name not in self._starting:
                 self.done[f"{name}_exited_restarted"] += 1
                 self._push(time.monotonic() + self.rng.uniform(1.0, 3.0), "start", name)
                 self._starting.add(name)
@@ -957,13 +907,14 @@ def run_drill(config: DrillConfig) -> DrillReport:
         (log_dir / "var").mkdir(exist_ok=True)
         run_migrations(env)
         cli = [sys.executable, "-m", "worker.cli"]
+        argv = {
+            "web": [*cli, "web", "--workers", "2"],
+            **{name: [*cli, "worker", "--name", name] for name in WORKERS},
+            "beat": [*cli, "beat"],
+        }
         procs = {
-            "web": Proc("web", [*cli, "web", "--workers", "2"], env, log_dir / "web.log"),
-            **{
-                name: Proc(name, [*cli, "worker", "--name", name], env, log_dir / f"{name}.log")
-                for name in WORKERS
-            },
-            "beat": Proc("beat", [*cli, "beat"], env, log_dir / "beat.log"),
+            name: Child(name, args, env, log=log_dir / f"{name}.log", own_group=True, cwd=ROOT)
+            for name, args in argv.items()
         }
         for proc in procs.values():
             stack.callback(proc.stop)

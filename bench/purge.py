@@ -6,7 +6,7 @@ transaction, and intake p99 latency while the purge runs versus idle.
 Builds its own schema (dropped afterwards) with `--rows` submissions, half of them due, each
 with a contact (4 submissions per contact), an IP row and a sync job finished at receipt
 (so all jobs are past their 30-day retention and go too). Intake is one
-transaction inserting a contact, a submission and a sync job, as worker.intake does.
+transaction inserting a contact, a submission and a sync job, as worker/signups/store.py does.
 Targets: >= 50,000 rows/s, longest transaction <= 200 ms, intake p99 during purge <= 2x idle.
 """
 

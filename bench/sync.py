@@ -47,12 +47,9 @@ if str(ROOT) not in sys.path:
 from bench._common import (  # noqa: E402
     DEFAULT_REDIS_URL,
     CallSummary,
-    Child,
-    Children,
     CpuMeter,
     RssTracker,
     clean_env,
-    descendants,
     email,
     load_average,
     percentile,
@@ -61,7 +58,9 @@ from bench._common import (  # noqa: E402
     subscribed,
     wait_for,
 )
+from bench._common import children as bench_children  # noqa: E402
 from bench.baseline_sync import BaselineResult, run_baseline  # noqa: E402
+from worker.supervise import Child, Children, descendants  # noqa: E402
 
 FORM = "newsletter_signup"  # implied consent: every signup becomes a sync job
 FIELDS = {"first_name": "Bench"}
@@ -236,13 +235,13 @@ class Bench:
 
     def workers_ready(self) -> bool:
         self.check_workers()
-        return all(b" ready." in child.log.read_bytes() for child in self.workers)
+        return all(child.logged_since_start(" ready.") for child in self.workers)
 
     def check_workers(self) -> None:
         for child in self.workers:
             if not child.alive():
-                tail = child.log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{tail}")
+                tail = child.log_tail()
+                raise RuntimeError(f"{child.name} exited ({child.exit_code()}):\n{tail}")
 
     def sample_rss(self) -> None:
         for child in self.workers:
@@ -251,7 +250,7 @@ class Bench:
     def stop_workers(self) -> None:
         self.sample_rss()
         for child in self.workers:
-            self.children.stop(child)
+            child.stop(20)
         self.workers.clear()
 
 
@@ -259,27 +258,18 @@ class Bench:
 
 
 def prequeue(count: int, prefix: str) -> float:
-    """Publish `count` signup messages exactly as enqueue_signup does, through one producer.
+    """Publish `count` signup messages as enqueue_signup does; returns messages per second.
 
-    Returns messages per second. The first message goes through `validate` like every
-    `enqueue_signup` call; the rest have the same shape.
+    The first message goes through `validate` like every `enqueue_signup` call; the rest
+    have the same shape.
     """
-    from worker.app import app
-    from worker.intake import RECEIVE_TASK, build_message, masked_repr, validate
+    from worker.publish import publish_signup
+    from worker.signups.message import build_message, validate
 
     validate(build_message(email(prefix, 0), FORM, fields=FIELDS))
     started = time.perf_counter()
-    with app.producer_or_acquire() as producer:
-        for n in range(count):
-            message = build_message(email(prefix, n), FORM, fields=FIELDS)
-            app.send_task(
-                RECEIVE_TASK,
-                kwargs={"message": message},
-                queue=SIGNUP_QUEUE,
-                argsrepr="()",
-                kwargsrepr=masked_repr(message),
-                producer=producer,
-            )
+    for n in range(count):
+        publish_signup(build_message(email(prefix, n), FORM, fields=FIELDS))
     return count / (time.perf_counter() - started)
 
 
@@ -498,8 +488,8 @@ class MemberWatcher(threading.Thread):
 
 
 def run_steady(bench: Bench, seconds: float, rate: float) -> SteadyResult:
-    from worker.intake import enqueue_signup
-    from worker.mailchimp import email_hash
+    from worker.addresses import email_hash
+    from worker.publish import enqueue_signup
 
     total = int(seconds * rate)
     wait_for(bench.idle, timeout=300, interval=0.5, what="the workers to finish the drain")
@@ -580,7 +570,7 @@ def run(args: argparse.Namespace) -> Report:
     rss = RssTracker()
     try:
         with log_directory(args.log_dir) as log_dir, pg_schema() as (db_url, schema):
-            children = Children(log_dir)
+            children = bench_children(log_dir)
             emu = EmulatorProcess()
             engine = create_engine(
                 db_url, pool_size=2, connect_args={"application_name": "bench-sync-driver"}
@@ -595,7 +585,7 @@ def run(args: argparse.Namespace) -> Report:
                     "LISTSYNC_MAILCHIMP_LIST_ID": emu.list_id,
                     "LISTSYNC_MAILCHIMP_CONCURRENCY": str(args.mailchimp_concurrency),
                 }
-                # This process publishes through worker.app too: same settings, set before
+                # This process publishes through worker.publish too: same settings, set before
                 # anything reads them.
                 os.environ.update(listsync_env)
                 env = clean_env(**listsync_env)

@@ -280,8 +280,8 @@ def main() -> None:
             f"{f' offering {args.rate:,.0f}/s' if args.rate else ''}, "
             f"{args.web_workers} uvicorn workers, worker niceness {args.worker_nice}"
         )
-        # The client's own full collections walked its 20,000 bodies and stalled every request
-        # in flight for up to 110 ms: latency that was the load generator's, not the server's.
+        # The client's own full collections would walk its 20,000 bodies and stall every
+        # request in flight: latency that is the load generator's, not the server's.
         freeze_startup_objects()
         # The uvicorn workers' CPU during the burst: steadier than the rate on a busy machine.
         web_cpu = CpuMeter()

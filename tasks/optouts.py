@@ -9,19 +9,19 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from celeryconfig import TASK_TIME_BUDGET_SECONDS
+from worker import publish
 from worker.app import app
 from worker.mailchimp import TransientError, get_gateway
 from worker.optouts import inbox
 from worker.optouts.apply import APPLY_BATCH, apply_pending
 from worker.optouts.reconcile import reconcile as run_reconcile
+from worker.publish import APPLY_TASK, OPTOUTS_SWEEP_TASK, RECONCILE_TASK
 
 log = logging.getLogger(__name__)
 
-RECONCILE_TASK = "listsync.optouts.reconcile"
-
 
 @app.task(
-    name=inbox.APPLY_TASK,
+    name=APPLY_TASK,
     autoretry_for=(OperationalError,),
     retry_backoff=1,
     retry_backoff_max=60,
@@ -29,14 +29,14 @@ RECONCILE_TASK = "listsync.optouts.reconcile"
 )
 def apply() -> int:
     """Apply pending inbox events in fired_at order; queues itself again while more wait."""
-    inbox.clear_apply_request()
+    publish.APPLY.clear()
     count = apply_pending()
     if count >= APPLY_BATCH:
-        inbox.request_apply(force=True)
+        publish.APPLY.request(force=True)
     return count
 
 
-@app.task(name="listsync.optouts.sweep")
+@app.task(name=OPTOUTS_SWEEP_TASK)
 def sweep() -> int:
     """Queue an apply run when inbox events wait too long (beat, every minute)."""
     return inbox.sweep()
@@ -55,5 +55,5 @@ def reconcile(resume: dict[str, Any] | None = None) -> dict[str, Any] | None:
         log.warning("reconcile: Mailchimp unavailable (%s); will retry next interval", exc)
         return None
     if report.resume is not None:
-        app.send_task(RECONCILE_TASK, kwargs={"resume": report.resume})
+        publish.continue_task(RECONCILE_TASK, resume=report.resume)
     return asdict(report)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celeryconfig import TASK_TIME_BUDGET_SECONDS
+from worker import publish
 from worker.app import app
+from worker.publish import PURGE_TASK
 from worker.retention import purge as retention
-
-PURGE_TASK = "listsync.retention.purge"
 
 
 @app.task(name=PURGE_TASK)
@@ -16,7 +16,7 @@ def purge() -> dict[str, Any]:
     """Delete what the retention schedule says is due (beat, daily at 03:15 UTC)."""
     result = retention.purge(time_budget_seconds=TASK_TIME_BUDGET_SECONDS)
     if not result.complete:
-        app.send_task(PURGE_TASK)  # after this run's commits: continue where it stopped
+        publish.continue_task(PURGE_TASK)  # after this run's commits: continue where it stopped
     return {
         "counts": result.counts,
         "held_skipped": result.held_skipped,

@@ -1,4 +1,4 @@
-"""Celery tasks for signup intake (worker/intake.py).
+"""Celery tasks for signup intake (worker/signups/store.py).
 
 `listsync.signups.receive` is a celery-batches task: the worker buffers up to
 RECEIVE_BATCH messages (or RECEIVE_WAIT seconds) and stores them in one transaction, which
@@ -14,16 +14,15 @@ from typing import Any
 
 from celery_batches import SimpleRequest
 
+from tasks.batching import ReconnectSafeBatches
 from worker.app import app
-from worker.batching import ReconnectSafeBatches
-from worker.intake import RECEIVE_TASK, masked_repr, receive_many
+from worker.publish import RECEIVE_TASK, REPUBLISH_DELAY, republish_signup
+from worker.signups.store import receive_many
 
 log = logging.getLogger(__name__)
 
 RECEIVE_BATCH = 200
 RECEIVE_WAIT = 0.05
-#: A batch the database could not take is published again after this many seconds.
-REPUBLISH_DELAY = 5
 
 
 @app.task(
@@ -50,7 +49,7 @@ def receive_signups(requests: list[SimpleRequest]) -> None:
             REPUBLISH_DELAY,
         )
         for message in messages:
-            republish(message)
+            republish_signup(message)
 
 
 def _keyed(request: SimpleRequest) -> Any:
@@ -65,14 +64,3 @@ def _keyed(request: SimpleRequest) -> Any:
         digest = hashlib.sha256(str(request.id).encode()).hexdigest()[:40]
         return {**message, "idempotency_key": f"celery:{digest}"}
     return message
-
-
-def republish(message: Any) -> None:
-    app.send_task(
-        RECEIVE_TASK,
-        kwargs={"message": message},
-        queue="signups",
-        countdown=REPUBLISH_DELAY,
-        argsrepr="()",
-        kwargsrepr=masked_repr(message) if isinstance(message, dict) else "<message>",
-    )

@@ -297,7 +297,7 @@ class Audience:
         self.list_id = list_id
 
     def member(self, email: str) -> dict[str, object] | None:
-        from worker.mailchimp import email_hash
+        from worker.addresses import email_hash
 
         # By hash: the URL (and urllib3's debug log of it) must not carry the address.
         return self.emu.member(email_hash(email), list_id=self.list_id)

@@ -125,7 +125,7 @@ def printed_by_new_process(code: str, *, nice: int = 0, env: dict[str, str] | No
     "start",
     [
         "from worker.web.app import serve_app; serve_app()",  # a `listsync web` process
-        "from worker.app import _start_pool_process; _start_pool_process()",  # a pool process
+        "from tasks.lifecycle import _start_pool_process; _start_pool_process()",  # a pool process
     ],
 )
 def test_long_running_processes_hide_their_start_up_objects_from_the_cycle_collector(
@@ -144,7 +144,7 @@ def test_pool_processes_run_at_the_configured_niceness_never_higher_priority(
     # Tasks are a backlog; the web's answers come first where both share CPUs. A worker
     # started at a lower priority keeps it (raising it again would need privileges).
     code = (
-        "import os; from worker.app import _start_pool_process; _start_pool_process(); "
+        "import os; from tasks.lifecycle import _start_pool_process; _start_pool_process(); "
         "print(os.getpriority(os.PRIO_PROCESS, 0))"
     )
     env = {"LISTSYNC_WORKER_NICE": setting}

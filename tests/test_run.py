@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from tests.helpers import wait_for
+from worker.addresses import email_hash
 from worker.cli.processes import free_port
-from worker.mailchimp import email_hash
 
 
 def descendants(pid: int) -> set[int]:

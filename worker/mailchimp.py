@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from hashlib import md5
 from types import MethodType
 from typing import Any, TypeVar
 
@@ -38,6 +37,7 @@ from tenacity import (
 
 from config import Settings, get_settings
 from worker import metrics
+from worker.addresses import email_hash
 from worker.broker import get_redis
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,6 @@ IN_CALL_ATTEMPTS = 3
 IN_CALL_MAX_SECONDS = 20.0
 MAX_BATCH = 500
 LIST_SETTINGS_TTL_SECONDS = 300.0
-
-
-def email_hash(email: str) -> str:
-    """Mailchimp's member key: MD5 hex of the lowercased address."""
-    return md5(email.lower().encode(), usedforsecurity=False).hexdigest()
 
 
 class MailchimpError(Exception):

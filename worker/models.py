@@ -8,7 +8,7 @@ Timestamps are timezone-aware UTC everywhere.
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import (
@@ -167,6 +167,11 @@ class Submission(Base):
     synced_at: Mapped[datetime | None]
 
     contact: Mapped[Contact] = relationship(back_populates="submissions")
+
+    def sync_ended(self, now: datetime) -> None:
+        """Its sync job ended (synced or suppressed): an "after synced" period starts now."""
+        if self.need_until is None and self.retain_after_sync_seconds is not None:
+            self.need_until = now + timedelta(seconds=self.retain_after_sync_seconds)
 
     def __repr__(self) -> str:
         return f"<Submission id={self.id} form={self.form}>"

@@ -15,8 +15,8 @@ from sqlalchemy import delete, null, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
+from worker.addresses import email_hash
 from worker.forms import get_forms
-from worker.mailchimp import email_hash
 from worker.models import (
     AuditEntry,
     Contact,

@@ -23,9 +23,8 @@ def freeze_startup_objects() -> None:
     """Take the objects alive once a process has started out of the garbage collector's sight.
 
     Modules, classes, the app and its routes are never garbage, yet every full collection
-    walked them all: about 140,000 objects, 146-176 ms each on this project's machine, two or
-    three times in a 20,000-webhook burst, and a web process's event loop answered nothing
-    meanwhile (docs/performance.md). Frozen objects are still freed by reference counting;
+    walks them all (about 140,000 objects in a web process), and a web process's event loop
+    answers nothing while it does. Frozen objects are still freed by reference counting;
     only the cycle search skips them. Call once, at the end of start-up.
     """
     gc.collect()  # what is garbage now must not be kept for ever
@@ -36,7 +35,7 @@ def lower_priority(nice: int) -> None:
     """Run this process at niceness `nice`, unless it already runs at a lower priority.
 
     The worker's pool processes do this (LISTSYNC_WORKER_NICE): the tasks are a backlog that
-    may wait seconds, while a webhook or signup waits for its answer (docs/performance.md).
+    may wait seconds, while a webhook or signup waits for its answer (docs/operations.md).
     """
     if os.getpriority(os.PRIO_PROCESS, 0) < nice:
         os.setpriority(os.PRIO_PROCESS, 0, nice)

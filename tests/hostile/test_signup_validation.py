@@ -18,16 +18,9 @@ from sqlalchemy import select
 
 from tests.hostile.conftest import AUTH, TestClient, counts
 from worker.db import session_scope
-from worker.intake import (
-    IngestResult,
-    Signup,
-    SignupRejected,
-    build_message,
-    receive,
-    receive_many,
-    validate,
-)
 from worker.models import Contact, RejectedSignup, Submission
+from worker.signups.message import Signup, SignupRejected, build_message, validate
+from worker.signups.store import IngestResult, receive, receive_many
 
 BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, database=None)
 WITH_DB = settings(
@@ -232,13 +225,13 @@ def test_receive_many_stores_the_good_and_writes_nothing_for_the_bad(
 def test_a_failure_halfway_through_a_batch_rolls_the_whole_batch_back(
     db: str, redis_client: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.intake
+    import worker.signups.store
 
     def broken(**_: Any) -> None:
         raise RuntimeError("disk full")
 
     # Contacts and submissions are flushed before the IPs: fail there.
-    monkeypatch.setattr(worker.intake, "SubmissionIP", broken)
+    monkeypatch.setattr(worker.signups.store, "SubmissionIP", broken)
     before = counts()
     batch = [
         build_message("first@example.org", "newsletter_signup"),

@@ -121,8 +121,8 @@ def test_no_signup_address_appears_anywhere_in_flower(
     from sqlalchemy import func, select
 
     from worker.db import session_scope
-    from worker.intake import enqueue_signup
     from worker.models import Submission
+    from worker.publish import enqueue_signup
 
     env = {**flower_env, **settings_env}
     processes.start("worker", listsync_argv("worker", "--concurrency", "2"), env)

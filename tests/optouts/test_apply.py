@@ -20,8 +20,8 @@ from tests.optouts.payloads import (
     unsubscribe,
     upemail,
 )
+from worker.addresses import email_hash
 from worker.db import session_scope
-from worker.mailchimp import email_hash
 from worker.models import (
     ChangeSource,
     Contact,

@@ -19,10 +19,10 @@ from sqlalchemy import select
 from tests.conftest import Audience
 from tests.helpers import run_listsync, wait_for
 from worker import metrics
+from worker.addresses import email_hash
 from worker.app import app
 from worker.cli.processes import free_port
 from worker.db import session_scope
-from worker.mailchimp import email_hash
 from worker.models import FINISHED_JOB_STATES, Contact, ContactStatus, JobState, SyncJob
 
 SECRET = "test-webhook-secret-0123456789"
@@ -122,7 +122,7 @@ def test_with_webhook_delivery_off_reconcile_catches_the_unsubscribe(live: Live)
 
 
 def test_a_new_signup_after_an_unsubscribe_does_not_resubscribe(live: Live) -> None:
-    from worker.intake import enqueue_signup
+    from worker.publish import enqueue_signup
 
     email = "clara.oswald@listsync-e2e.org"
     emu, list_id = live.audience.emu, live.audience.list_id

@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import select
 
 from worker import metrics
+from worker.addresses import email_hash
 from worker.db import session_scope
-from worker.mailchimp import TransientError, email_hash
+from worker.mailchimp import TransientError
 from worker.models import (
     ChangeSource,
     Contact,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from worker.mailchimp import email_hash
+from worker.addresses import email_hash
 from worker.models import (
     Contact,
     ContactStatus,

@@ -114,7 +114,7 @@ def test_finished_sync_jobs_go_after_their_retention_failed_ones_later(rows: Row
 def test_opted_out_contact_without_submissions_is_reduced_to_a_suppression_hash(
     rows: Rows,
 ) -> None:
-    from worker.mailchimp import email_hash
+    from worker.addresses import email_hash
 
     gone = rows.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
     with_sub = rows.contact("bob@example.com", status=ContactStatus.CLEANED, changed_at=T0)
@@ -441,7 +441,8 @@ def test_intake_stamps_need_date_and_policy_version_in_force_at_receipt(
     from sqlalchemy import select
 
     from worker.db import session_scope
-    from worker.intake import ingest, validate
+    from worker.signups.message import validate
+    from worker.signups.store import ingest
 
     def signup(email: str) -> int:
         with session_scope() as s:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from tests.helpers import run_listsync
 from tests.retention.conftest import T0, Rows
-from worker.mailchimp import email_hash
+from worker.addresses import email_hash
 from worker.models import (
     AuditEntry,
     Contact,

@@ -8,8 +8,9 @@ from sqlalchemy import select, update
 
 from tests.helpers import run_listsync
 from worker.db import session_scope
-from worker.intake import build_message, receive
 from worker.models import JobState, SyncJob, utcnow
+from worker.signups.message import build_message
+from worker.signups.store import receive
 
 
 def test_enqueue_refuses_bad_input_with_exit_2_and_queues_nothing(

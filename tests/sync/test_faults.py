@@ -17,10 +17,12 @@ from sqlalchemy import func, select, update
 
 from tests.conftest import Audience
 from tests.helpers import wait_for
-from worker import sync
 from worker.db import session_scope
-from worker.intake import build_message, enqueue_signup, receive
 from worker.models import JobState, Submission, SyncJob, utcnow
+from worker.publish import enqueue_signup
+from worker.signups import flush as sync
+from worker.signups.message import build_message
+from worker.signups.store import receive
 
 
 def jobs_in(state: JobState) -> int:

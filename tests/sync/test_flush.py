@@ -13,11 +13,12 @@ from sqlalchemy import select, update
 
 from tests.conftest import Audience
 from tests.helpers import wait_for
-from worker import sync
+from worker.addresses import email_hash
 from worker.db import session_scope
-from worker.intake import build_message, receive
-from worker.mailchimp import email_hash
 from worker.models import Contact, ContactStatus, JobState, SyncJob, utcnow
+from worker.signups import flush as sync
+from worker.signups.message import build_message
+from worker.signups.store import receive
 
 
 def signup(email: str, form: str = "newsletter_signup", **options: object) -> int:
@@ -243,7 +244,7 @@ def test_no_address_appears_in_logs(
 def test_celery_worker_takes_a_queued_signup_all_the_way_to_mailchimp(
     audience: Audience, celery_worker: object, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from worker.intake import enqueue_signup
+    from worker.publish import enqueue_signup
 
     caplog.set_level(logging.DEBUG)
     enqueue_signup("queued.person@trust.org", "newsletter_signup", fields={"first_name": "Q"})

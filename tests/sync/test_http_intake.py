@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from worker.db import session_scope
-from worker.intake import build_message
 from worker.models import Contact, Submission, SubmissionIP, SyncJob
+from worker.signups.message import build_message
 from worker.web.app import create_app
 
 TOKEN = "test-intake-token-0123456789"

@@ -11,14 +11,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from worker.db import session_scope
-from worker.intake import (
-    SignupRejected,
-    build_message,
-    ingest,
-    masked_repr,
-    receive,
-    validate,
-)
 from worker.models import (
     Contact,
     RejectedSignup,
@@ -27,6 +19,8 @@ from worker.models import (
     Suppression,
     SyncJob,
 )
+from worker.signups.message import SignupRejected, build_message, masked_repr, validate
+from worker.signups.store import ingest, receive
 
 EMAIL = "Ada.Lovelace@Analytical.org"
 
@@ -123,7 +117,7 @@ def test_a_redelivered_message_without_key_or_time_is_still_one_submission(
 ) -> None:
     from tests.helpers import wait_for
     from worker.app import app
-    from worker.intake import RECEIVE_TASK
+    from worker.publish import RECEIVE_TASK
 
     def stored() -> list[str]:
         with session_scope() as session:

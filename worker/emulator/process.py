@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import requests
 
-from worker.children import die_with_parent
+from worker.supervise import die_with_parent
 
 LISTENING_RE = re.compile(r"emulator listening on (http://\S+/3\.0) list=(\S+)")
 

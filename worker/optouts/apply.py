@@ -22,14 +22,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, inspect, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from worker.db import session_scope
-from worker.mailchimp import email_hash
+from worker.addresses import email_hash
+from worker.db import dialect_insert, session_scope
 from worker.models import (
     OPTED_OUT,
     ChangeSource,
@@ -145,11 +143,11 @@ def apply_event(session: Session, event_id: int) -> Result | None:
     return _settle(session, event)
 
 
-def _settle(session: Session, event: WebhookEvent) -> Result:
+def _settle(session: Session, event: WebhookEvent, known: Prefetched | None = None) -> Result:
     if event.payload is None:  # purged before it was applied: nothing left to act on
         result = Result(EventState.IGNORED, "payload_purged")
     else:
-        result = apply_change(session, change_from_event(event))
+        result = apply_change(session, change_from_event(event), known)
     event.state = result.state
     event.outcome = result.outcome
     event.applied_at = utcnow()
@@ -180,8 +178,8 @@ def _apply_chunk(size: int) -> int:
         with session_scope() as session:
             events = _claim(session, size)
             event_ids = [event.id for event in events]
-            _prefetch(session, events)
-            results = [(event.id, _settle(session, event)) for event in events]
+            known = _prefetch(session, events)
+            results = [(event.id, _settle(session, event, known)) for event in events]
     except OperationalError as exc:
         if not event_ids or not _deadlock(exc):
             raise  # the database is away: the task retries the whole run
@@ -208,7 +206,7 @@ def _claim(session: Session, size: int) -> list[WebhookEvent]:
     """The next `size` pending events, oldest first, for this transaction alone.
 
     PostgreSQL locks them (FOR UPDATE SKIP LOCKED: a run beside this one takes others).
-    SQLite ignores FOR UPDATE, so two runs can read the same events; as `worker.sync.claim`
+    SQLite ignores FOR UPDATE, so two runs can read the same events; as `worker.signups.flush.claim`
     does, a write then re-checks their state, and SQLite's one-writer-at-a-time lock makes
     the run that comes second keep only the events the first did not apply.
     """
@@ -240,29 +238,23 @@ def _deadlock(exc: OperationalError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "40P01"
 
 
-@dataclass(frozen=True)
-class _Prefetched:
-    """What a chunk looked up once for all its events, instead of once per event."""
+@dataclass
+class Prefetched:
+    """What a chunk looked up once for all its events, instead of once per event; handed to
+    the functions that apply them (reconcile applies one change at a time, without it)."""
 
     hashes: frozenset[str]  # the keys looked up
     erased: frozenset[str]  # those erased
     contacts: dict[str, Contact]  # their contacts, locked FOR UPDATE (in id order)
-    jobs: dict[str, list[SyncJob]]  # their pending upserts and updates
+    #: Their pending upserts and updates; None once an address change of the chunk moved
+    #: jobs to another hash (they no longer say whose they are).
+    jobs: dict[str, list[SyncJob]] | None
 
 
-_PREFETCHED = "listsync.optouts.prefetched"  # the key in Session.info, for this transaction
-_JOBS_MOVED = "listsync.optouts.jobs-moved"  # set once _rehash has moved jobs to a new hash
-
-
-def _prefetched(session: Session) -> _Prefetched | None:
-    found = session.info.get(_PREFETCHED)
-    return found if isinstance(found, _Prefetched) else None
-
-
-def _prefetch(session: Session, events: Sequence[WebhookEvent]) -> None:
+def _prefetch(session: Session, events: Sequence[WebhookEvent]) -> Prefetched | None:
     hashes = frozenset(event.email_hash for event in events if event.email_hash)
     if not hashes:
-        return
+        return None
     erased = frozenset(
         session.scalars(
             select(Suppression.email_hash).where(
@@ -284,7 +276,7 @@ def _prefetch(session: Session, events: Sequence[WebhookEvent]) -> None:
     jobs: dict[str, list[SyncJob]] = {}
     for job in session.scalars(_pending_jobs_of(hashes)):
         jobs.setdefault(job.email_hash, []).append(job)
-    session.info[_PREFETCHED] = _Prefetched(hashes, erased, contacts, jobs)
+    return Prefetched(hashes, erased, contacts, jobs)
 
 
 def _create_contacts(
@@ -319,7 +311,7 @@ def _create_contacts(
     if not rows:
         return {}
     insert = (
-        _insert(session)(Contact)
+        dialect_insert(session)(Contact)
         .on_conflict_do_nothing(index_elements=["email_hash"])
         .returning(Contact)
     )
@@ -371,9 +363,8 @@ def _mark_failed(event_id: int, reason: str) -> None:
         )
 
 
-def is_erased(session: Session, key: str) -> bool:
+def is_erased(session: Session, key: str, known: Prefetched | None = None) -> bool:
     """True when the address behind `key` was erased: nothing may be stored for it again."""
-    known = _prefetched(session)
     if known is not None and key in known.hashes:
         return key in known.erased
     return (
@@ -386,22 +377,21 @@ def is_erased(session: Session, key: str) -> bool:
     )
 
 
-def apply_change(session: Session, change: Change) -> Result:
+def apply_change(session: Session, change: Change, known: Prefetched | None = None) -> Result:
     """Apply one change to the local records (without committing)."""
     if change.kind == "status":
-        return _apply_status(session, change)
+        return _apply_status(session, change, known)
     if change.kind == "profile":
-        return _apply_profile(session, change)
+        return _apply_profile(session, change, known)
     if change.kind == "upemail":
-        return _apply_upemail(session, change)
+        return _apply_upemail(session, change, known)
     return Result(EventState.APPLIED, "recorded")
 
 
 # --- status -----------------------------------------------------------------------------
 
 
-def _locked_contact(session: Session, key: str) -> Contact | None:
-    known = _prefetched(session)
+def _locked_contact(session: Session, key: str, known: Prefetched | None) -> Contact | None:
     cached = known.contacts.get(key) if known is not None else None
     if cached is not None and _still_theirs(session, cached, key):
         return cached
@@ -417,28 +407,29 @@ def _still_theirs(session: Session, contact: Contact, key: str) -> bool:
     )
 
 
-def _insert(session: Session) -> Any:
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
-def _ensure_contact(session: Session, email: str, change: Change) -> Contact:
+def _ensure_contact(
+    session: Session, email: str, change: Change, known: Prefetched | None
+) -> Contact:
     """The contact for `email`, created with the event's status if we never saw them.
 
     Creating it is what stops a later, stale signup from subscribing them again.
     """
     key = email_hash(email)
-    known = _prefetched(session)
-    if known is not None and key in known.contacts and (found := _locked_contact(session, key)):
+    if (
+        known is not None
+        and key in known.contacts
+        and (found := _locked_contact(session, key, known))
+    ):
         return found
     created = session.scalars(
-        _insert(session)(Contact)
+        dialect_insert(session)(Contact)
         .values(_new_contact(email, key, change, utcnow()))
         .on_conflict_do_nothing(index_elements=["email_hash"])
         .returning(Contact)
     ).one_or_none()
     if created is not None:  # new, so no other transaction can see it yet
         return created
-    contact = _locked_contact(session, key)
+    contact = _locked_contact(session, key, known)
     assert contact is not None
     return contact
 
@@ -454,13 +445,13 @@ def _is_stale(contact: Contact, change: Change) -> bool:
     return change.fired_at <= contact.status_changed_at
 
 
-def _apply_status(session: Session, change: Change) -> Result:
+def _apply_status(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email or change.status is None:
         return Result(EventState.IGNORED, "no_email")
-    if is_erased(session, email_hash(change.email)):
+    if is_erased(session, email_hash(change.email), known):
         # A late webhook or a reconcile page must not bring an erased person back.
         return Result(EventState.IGNORED, "erased")
-    contact = _ensure_contact(session, change.email, change)
+    contact = _ensure_contact(session, change.email, change, known)
     if contact.status == ContactStatus.ERASED:
         return Result(EventState.IGNORED, "erased")
     if _is_stale(contact, change):
@@ -480,7 +471,7 @@ def _apply_status(session: Session, change: Change) -> Result:
     contact.status_reason = change.reason
     suppressed = 0
     if change.status in OPTED_OUT:
-        suppressed = suppress_pending_jobs(session, contact, f"opted_out:{change.status}")
+        suppressed = suppress_pending_jobs(session, contact, f"opted_out:{change.status}", known)
     log.info(
         "optouts: contact %d %s -> %s by %s (%d sync jobs suppressed)",
         contact.id,
@@ -500,15 +491,16 @@ def _pending_jobs_of(hashes: Collection[str]) -> Select[SyncJob]:
     )
 
 
-def suppress_pending_jobs(session: Session, contact: Contact, reason: str) -> int:
+def suppress_pending_jobs(
+    session: Session, contact: Contact, reason: str, known: Prefetched | None = None
+) -> int:
     """End the contact's pending upserts and updates as suppressed; returns how many.
 
     Their submissions' retention clock starts now, as it does for jobs the flush suppresses.
     """
     now = utcnow()
     key = contact.email_hash
-    known = _prefetched(session)
-    if known is not None and key in known.hashes and not session.info.get(_JOBS_MOVED):
+    if known is not None and known.jobs is not None and key in known.hashes:
         jobs = [job for job in known.jobs.get(key, []) if job.state == JobState.PENDING]
     else:
         jobs = list(session.scalars(_pending_jobs_of([key])))
@@ -519,14 +511,8 @@ def suppress_pending_jobs(session: Session, contact: Contact, reason: str) -> in
         job.finished_at = now
         if job.submission_id is not None:
             submission = session.get(Submission, job.submission_id)
-            if (
-                submission is not None
-                and submission.need_until is None
-                and submission.retain_after_sync_seconds is not None
-            ):
-                submission.need_until = now + timedelta(
-                    seconds=submission.retain_after_sync_seconds
-                )
+            if submission is not None:
+                submission.sync_ended(now)
     return len(jobs)
 
 
@@ -551,10 +537,10 @@ def _update_merges(contact: Contact, merges: dict[str, Any]) -> bool:
     return True
 
 
-def _apply_profile(session: Session, change: Change) -> Result:
+def _apply_profile(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email:
         return Result(EventState.IGNORED, "no_email")
-    contact = _locked_contact(session, email_hash(change.email))
+    contact = _locked_contact(session, email_hash(change.email), known)
     if contact is None:
         return Result(EventState.APPLIED, "no_contact")
     if contact.status == ContactStatus.ERASED:
@@ -566,19 +552,19 @@ def _apply_profile(session: Session, change: Change) -> Result:
 # --- upemail ----------------------------------------------------------------------------
 
 
-def _apply_upemail(session: Session, change: Change) -> Result:
+def _apply_upemail(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email or not change.new_email:
         return Result(EventState.IGNORED, "no_email")
     old_hash, new_hash = email_hash(change.email), email_hash(change.new_email)
-    if is_erased(session, new_hash):
+    if is_erased(session, new_hash, known):
         return Result(EventState.IGNORED, "erased")
     if old_hash == new_hash:  # a change of case only: same member
-        contact = _locked_contact(session, old_hash)
+        contact = _locked_contact(session, old_hash, known)
         if contact is not None and contact.status != ContactStatus.ERASED:
             contact.email = change.new_email
         return Result(EventState.APPLIED, "unchanged")
-    old = _locked_contact(session, old_hash)
-    new = _locked_contact(session, new_hash)
+    old = _locked_contact(session, old_hash, known)
+    new = _locked_contact(session, new_hash, known)
     if old is None:
         return Result(EventState.APPLIED, "unchanged" if new is not None else "no_contact")
     if old.status == ContactStatus.ERASED:
@@ -586,16 +572,17 @@ def _apply_upemail(session: Session, change: Change) -> Result:
     if new is None:
         old.email = change.new_email
         old.email_hash = new_hash
-        _rehash(session, old_hash, new_hash)
+        _rehash(session, old_hash, new_hash, known)
         return Result(EventState.APPLIED, "email_changed")
-    _rehash(session, old_hash, new_hash)
-    _merge(session, old, new)
+    _rehash(session, old_hash, new_hash, known)
+    _merge(session, old, new, known)
     return Result(EventState.APPLIED, "email_merged")
 
 
-def _rehash(session: Session, old_hash: str, new_hash: str) -> None:
+def _rehash(session: Session, old_hash: str, new_hash: str, known: Prefetched | None) -> None:
     """Pending jobs and holds follow the person to the new address."""
-    session.info[_JOBS_MOVED] = True  # the chunk's prefetched jobs no longer say whose they are
+    if known is not None:
+        known.jobs = None  # the chunk's prefetched jobs no longer say whose they are
     session.execute(
         update(SyncJob)
         .where(SyncJob.email_hash == old_hash, SyncJob.state == JobState.PENDING)
@@ -610,7 +597,7 @@ def _rehash(session: Session, old_hash: str, new_hash: str) -> None:
     )
 
 
-def _merge(session: Session, old: Contact, new: Contact) -> None:
+def _merge(session: Session, old: Contact, new: Contact, known: Prefetched | None) -> None:
     """Fold `old` into `new` (which already has the new address), keeping the most
     restrictive status, then delete `old`."""
     if more_restrictive(old.status, new.status):
@@ -637,4 +624,4 @@ def _merge(session: Session, old: Contact, new: Contact) -> None:
     session.delete(old)
     session.flush()
     if new.status in OPTED_OUT:
-        suppress_pending_jobs(session, new, f"opted_out:{new.status}")
+        suppress_pending_jobs(session, new, f"opted_out:{new.status}", known)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.mailchimp import email_hash
+from worker.addresses import email_hash
 
 #: Event types Mailchimp sends to list webhooks; anything else is stored as ignored.
 KNOWN_TYPES = frozenset({"subscribe", "unsubscribe", "profile", "upemail", "cleaned", "campaign"})

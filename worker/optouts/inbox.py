@@ -9,7 +9,6 @@ order. A failed nudge is left to the sweep, so a Redis outage never loses an eve
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import redis
 from sqlalchemy import (
     JSON,
     Insert,
@@ -37,7 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from worker import metrics
+from worker import metrics, publish
 from worker.db import session_scope
 from worker.models import ChangeSource, EventState, WebhookEvent, utcnow
 from worker.optouts.events import KNOWN_TYPES, ParsedEvent, validate_event
@@ -45,10 +43,6 @@ from worker.optouts.form import parse_form
 
 log = logging.getLogger(__name__)
 
-APPLY_TASK = "listsync.optouts.apply"
-APPLY_FLAG = "listsync:optouts:apply-requested"
-#: While this flag lives, no further apply run is queued: one is already on its way.
-APPLY_FLAG_SECONDS = 10
 #: The sweep leaves younger pending events alone: their apply message is most likely queued.
 SWEEP_GRACE = timedelta(seconds=60)
 #: The inbox table, for Core INSERTs (the ORM class would make them ORM bulk inserts).
@@ -195,32 +189,10 @@ def announce(events: Sequence[ParsedEvent], receipts: Sequence[Receipt]) -> None
     """After the commit: ask for one apply run, then count the events. Never raises (a lost
     request for a run is the sweep's to repair)."""
     if any(r.created and r.state == EventState.PENDING for r in receipts):
-        request_apply()
+        publish.APPLY.request()
     types = Counter(event.type if event.type in KNOWN_TYPES else "unknown" for event in events)
     for label, count in types.items():
         metrics.incr("webhook_events_received_total", count, type=label)
-
-
-def request_apply(*, force: bool = False) -> bool:
-    """Queue an apply run unless one is already queued. Never raises: the sweep retries."""
-    from worker.app import app
-    from worker.broker import get_redis
-
-    try:
-        if force or get_redis().set(APPLY_FLAG, "1", nx=True, ex=APPLY_FLAG_SECONDS):
-            # retry=False: a web request must not wait out publish retries; the sweep retries.
-            app.send_task(APPLY_TASK, retry=False)
-    except Exception as exc:
-        log.warning("inbox: could not queue an apply run (%s); the sweep will", type(exc).__name__)
-        return False
-    return True
-
-
-def clear_apply_request() -> None:
-    from worker.broker import get_redis
-
-    with contextlib.suppress(redis.RedisError):
-        get_redis().delete(APPLY_FLAG)
 
 
 def count_waiting(now: datetime, grace: timedelta) -> Select[int]:
@@ -240,7 +212,7 @@ def sweep(*, now: datetime | None = None, grace: timedelta = SWEEP_GRACE) -> int
         stale = session.scalar(count_waiting(now or utcnow(), grace))
     if stale:
         log.warning("inbox sweep: %d events wait to be applied; queueing an apply run", stale)
-        request_apply(force=True)
+        publish.APPLY.request(force=True)
     return int(stale or 0)
 
 

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import metrics
+from worker.addresses import email_hash
 from worker.db import session_scope
-from worker.mailchimp import email_hash
 from worker.models import (
     ChangeSource,
     ContactStatus,

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from worker.mailchimp import email_hash
+from worker.addresses import InvalidAddress, email_hash, normalize_email
 from worker.models import (
     AuditEntry,
     Contact,
@@ -32,11 +32,9 @@ class InvalidRequest(ValueError):
 
 def hash_of(email: str) -> str:
     """The email hash of an address as typed by an operator (normalized like intake does)."""
-    from worker.intake import SignupRejected, normalize_email
-
     try:
         normalized = normalize_email(email.strip())
-    except SignupRejected:
+    except InvalidAddress:
         raise InvalidRequest("not a valid email address") from None
     return email_hash(normalized)
 

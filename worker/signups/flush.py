@@ -12,7 +12,6 @@ whose hash is suppressed, is never sent; an existing member is never sent a `sta
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -21,14 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
-import redis
-from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from worker import metrics
-from worker.broker import get_redis
+from worker import metrics, publish
 from worker.db import session_scope
 from worker.mailchimp import Gateway, MailchimpError, MemberResult, get_gateway
 from worker.models import (
@@ -47,10 +43,6 @@ from worker.models import (
 
 log = logging.getLogger(__name__)
 
-FLUSH_TASK = "listsync.sync.flush"
-FLUSH_FLAG = "listsync:sync:flush-requested"
-#: While this flag lives, intake does not queue another flush: one is already on its way.
-FLUSH_FLAG_SECONDS = 10
 #: A flush stops making calls after this long (or half the in-flight timeout, if less) and
 #: hands the rest back to pending, so the sweep never rescues jobs still being worked.
 FLUSH_BUDGET_SECONDS = 60.0
@@ -109,27 +101,6 @@ class Plan:
     updates: dict[str, Send] = field(default_factory=dict)
     erases: dict[str, list[int]] = field(default_factory=dict)
     settled: dict[int, Outcome] = field(default_factory=dict)  # decided without a call
-
-
-# --- nudging the flusher ----------------------------------------------------------------
-
-
-def request_flush(*, force: bool = False) -> None:
-    """Queue a flush unless one is already queued. Never raises: the sweep is the backstop."""
-    from worker.app import app
-
-    try:
-        if force or get_redis().set(FLUSH_FLAG, "1", nx=True, ex=FLUSH_FLAG_SECONDS):
-            app.send_task(FLUSH_TASK)
-    except (redis.RedisError, KombuOperationalError) as exc:
-        log.warning(
-            "could not queue a flush (%s); the sweep will pick the jobs up", type(exc).__name__
-        )
-
-
-def _clear_flush_flag() -> None:
-    with contextlib.suppress(redis.RedisError):
-        get_redis().delete(FLUSH_FLAG)
 
 
 # --- claim ------------------------------------------------------------------------------
@@ -430,14 +401,13 @@ def _mirror(session: Session, by_status: dict[str, set[int]]) -> None:
 
 
 def _start_retention_clocks(session: Session, finished: dict[int, bool], now: datetime) -> None:
-    """A submission kept "N days after synced" starts counting when its sync job ends."""
+    """Submissions whose sync job ended: note when they synced, start their retention clock."""
     if not finished:
         return
     for submission in session.scalars(select(Submission).where(Submission.id.in_(finished))):
         if finished[submission.id] and submission.synced_at is None:
             submission.synced_at = now
-        if submission.need_until is None and submission.retain_after_sync_seconds is not None:
-            submission.need_until = now + timedelta(seconds=submission.retain_after_sync_seconds)
+        submission.sync_ended(now)
 
 
 # --- the flush, the sweep, failed jobs --------------------------------------------------
@@ -448,14 +418,14 @@ def flush(limit: int | None = None) -> FlushReport:
     settings = get_settings()
     limit = limit or settings.sync_batch_size
     report = FlushReport()
-    _clear_flush_flag()
+    publish.FLUSH.clear()
     with session_scope() as session:
         job_ids = claim(session, limit, utcnow())
     report.claimed = len(job_ids)
     if not job_ids:
         return report
     if len(job_ids) == limit:
-        request_flush(force=True)  # more may be waiting: let another flusher start now
+        publish.FLUSH.request(force=True)  # more may be waiting: let another flusher start now
     with session_scope() as session:
         work = plan(session, job_ids, settings.resubscribe_with_confirmation)
     outcomes: dict[int, Outcome] = {}
@@ -518,7 +488,7 @@ def sweep() -> SweepReport:
             or 0
         )
     if due:
-        request_flush(force=True)
+        publish.FLUSH.request(force=True)
     if rescued:
         log.warning("sweep: %d sync jobs were stuck in flight and are pending again", rescued)
     return SweepReport(rescued=rescued, due=due)

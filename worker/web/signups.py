@@ -15,7 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import get_settings
 from worker import metrics
-from worker.intake import SignupMessage, SignupRejected, receive
+from worker.signups.message import SignupMessage, SignupRejected
+from worker.signups.store import receive
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["intake"])

@@ -1,0 +1,44 @@
+"""What worker, pool and beat processes do as they start (Celery signals).
+
+Loaded with the task modules (celeryconfig.imports), which Celery imports before it sends
+worker_init or beat_init.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
+
+from config import get_settings
+from worker.db import dispose_engines
+from worker.optouts.inbox import on_worker_start
+from worker.startup import (
+    ConfigFileError,
+    check_config_files,
+    freeze_startup_objects,
+    lower_priority,
+)
+
+
+@worker_process_init.connect
+def _start_pool_process(**_: Any) -> None:
+    dispose_engines()  # a forked pool process must not share its parent's database sockets
+    lower_priority(get_settings().worker_nice)
+    freeze_startup_objects()
+
+
+@worker_init.connect
+@beat_init.connect
+def _check_config_files(**_: Any) -> None:
+    # A bad forms or retention file stops the worker and beat at start, naming file and line.
+    # SystemExit, because Celery logs and swallows ordinary exceptions from signal handlers.
+    try:
+        check_config_files()
+    except ConfigFileError as exc:
+        raise SystemExit(f"invalid configuration file: {exc}") from None
+
+
+@worker_ready.connect
+def _apply_what_a_killed_worker_left(**_: Any) -> None:
+    on_worker_start()
