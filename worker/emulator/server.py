@@ -19,15 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.emulator.state import (
-    ApiError,
-    EmulatorState,
-    Event,
-    invalid,
-    not_found,
-    select_fields,
-    subscriber_hash,
-)
+from worker.emulator.problems import ApiError, invalid, not_found
+from worker.emulator.state import EmulatorState, Event, select_fields, subscriber_hash
 from worker.emulator.webhooks import Dispatcher, RetryPolicy
 
 log = logging.getLogger("worker.emulator")
