@@ -297,7 +297,7 @@ def test_get_list_and_ping(client, list_id) -> None:
 
 def test_unlisted_routes_answer_501(client, emulator) -> None:
     expect_problem(501, "Not Implemented", client.campaigns.list)
-    expect_problem(501, "Not Implemented", client.lists.get_list_merge_fields, emulator.list_id)
+    expect_problem(501, "Not Implemented", client.lists.list_segments, emulator.list_id)
 
 
 def test_bad_json_is_a_parse_error(emulator, list_id) -> None:
