@@ -32,6 +32,8 @@ def emulator(emulator_session: EmulatorProcess) -> Iterator[EmulatorProcess]:
         allow_pending_resubscribe=True,
         batch_unsubscribed="ignore",
         sign_webhooks=False,
+        unknown_merge_fields="error",
+        skip_merge_validation="required",
         webhook_retry={"timeout_s": 1, "first_delay_s": 0.2, "factor": 2, "max_attempts": 4},
     )
     yield emu

@@ -297,7 +297,11 @@ def test_get_list_and_ping(client, list_id) -> None:
 
 def test_unlisted_routes_answer_501(client, emulator) -> None:
     expect_problem(501, "Not Implemented", client.campaigns.list)
-    expect_problem(501, "Not Implemented", client.lists.get_list_merge_fields, emulator.list_id)
+    expect_problem(501, "Not Implemented", client.lists.list_segments, emulator.list_id)
+    # Merge-field definitions are read and created, never changed or deleted.
+    expect_problem(
+        501, "Not Implemented", client.lists.delete_list_merge_field, emulator.list_id, "1"
+    )
 
 
 def test_bad_json_is_a_parse_error(emulator, list_id) -> None:

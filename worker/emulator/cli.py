@@ -112,6 +112,21 @@ def _rates(values: tuple[str, ...]) -> dict[str, float]:
     help="Batch re-subscribe of an unsubscribed member: silently ignored, or an error.",
 )
 @click.option(
+    "--unknown-merge-fields",
+    type=click.Choice(["error", "ignore"]),
+    default="error",
+    show_default=True,
+    help="A member write naming a merge tag the audience lacks: refused (400), or the tag dropped.",
+)
+@click.option(
+    "--skip-merge-validation",
+    "skip_merge_scope",
+    type=click.Choice(["required", "all"]),
+    default="required",
+    show_default=True,
+    help="What skip_merge_validation=true waives: required fields only, or every merge check.",
+)
+@click.option(
     "--refuse-pending-resubscribe",
     is_flag=True,
     help="Refuse status=pending for unsubscribed members (Member In Compliance State).",
@@ -135,6 +150,8 @@ def emulator(
     webhook_retry_s: float,
     webhook_attempts: int,
     batch_unsubscribed: str,
+    unknown_merge_fields: str,
+    skip_merge_scope: str,
     refuse_pending_resubscribe: bool,
     verbose: bool,
 ) -> None:
@@ -150,6 +167,8 @@ def emulator(
         allow_pending_resubscribe=not refuse_pending_resubscribe,
         batch_unsubscribed=batch_unsubscribed,
         sign_webhooks=sign_webhooks,
+        unknown_merge_fields=unknown_merge_fields,
+        skip_merge_validation=skip_merge_scope,
     )
     if state_file is not None and state_file.exists():
         state.load(state_file)

@@ -242,6 +242,7 @@ class EmulatorProcess:
 
     def set_settings(self, **settings: Any) -> dict[str, Any]:
         """allow_pending_resubscribe, batch_unsubscribed, sign_webhooks, fake_domains,
+        unknown_merge_fields ('error'|'ignore'), skip_merge_validation ('required'|'all'),
         webhook_retry={timeout_s, first_delay_s, factor, max_attempts}."""
         return self._call("PUT", "/settings", settings)
 
@@ -251,14 +252,65 @@ class EmulatorProcess:
     def save(self) -> dict[str, Any]:
         return self._call("POST", "/save")
 
-    def create_list(self, list_id: str | None = None, double_optin: bool = False) -> str:
-        body = {"id": list_id, "double_optin": double_optin}
+    def create_list(
+        self,
+        list_id: str | None = None,
+        double_optin: bool = False,
+        *,
+        name: str | None = None,
+        merge_fields: list[dict[str, Any]] | None = None,
+        interest_categories: list[dict[str, Any]] | None = None,
+        marketing_permissions: list[str] | None = None,
+    ) -> str:
+        """Create an audience and return its id. ``merge_fields``: merge-field bodies as the
+        API takes them (``{"tag", "name", "type", "required", "default_value", "options"}``,
+        ``choices`` allowed at the top); one naming FNAME or LNAME redefines it.
+        ``interest_categories``: ``{"title", "type", "interests": [name, ...]}``.
+        ``marketing_permissions``: texts such as "Email" (a GDPR audience). The ids Mailchimp
+        would make up are in ``audience_shape()``."""
+        body: dict[str, Any] = {"id": list_id, "double_optin": double_optin, "name": name}
+        if merge_fields is not None:
+            body["merge_fields"] = merge_fields
+        if interest_categories is not None:
+            body["interest_categories"] = interest_categories
+        if marketing_permissions is not None:
+            body["marketing_permissions"] = marketing_permissions
         created = str(self._call("POST", "/lists", body)["id"])
         self.list_ids.append(created)
         return created
 
     def audience(self, list_id: str | None = None) -> dict[str, Any]:
         return self._call("GET", f"/lists/{self._list(list_id)}")
+
+    def audience_shape(self, list_id: str | None = None) -> dict[str, Any]:
+        """``{"merge_fields": [...], "interest_categories": [{..., "interests": [...]}],
+        "marketing_permissions": [{"marketing_permission_id", "text"}]}``."""
+        return dict(self.audience(list_id)["shape"])
+
+    def interest_id(
+        self, name: str, category: str | None = None, list_id: str | None = None
+    ) -> str:
+        """The id of the interest called ``name`` (in the category titled ``category``)."""
+        for cat in self.audience_shape(list_id)["interest_categories"]:
+            if category is not None and cat["title"] != category:
+                continue
+            for interest in cat["interests"]:
+                if interest["name"] == name:
+                    return str(interest["id"])
+        raise EmulatorError(f"no interest named {name!r}")
+
+    def marketing_permission_id(self, text: str, list_id: str | None = None) -> str:
+        for permission in self.audience_shape(list_id)["marketing_permissions"]:
+            if permission["text"] == text:
+                return str(permission["marketing_permission_id"])
+        raise EmulatorError(f"no marketing permission {text!r}")
+
+    def rename_interest(
+        self, interest_id: str, name: str, list_id: str | None = None
+    ) -> dict[str, Any]:
+        """Rename a group as a person would in Mailchimp's UI: the id stays."""
+        path = f"/lists/{self._list(list_id)}/interests/{interest_id}"
+        return self._call("PATCH", path, {"name": name})
 
     def seed_member(
         self,
@@ -280,8 +332,9 @@ class EmulatorProcess:
         return self._call("POST", f"/lists/{self._list(list_id)}/members", body)
 
     def member(self, email_or_hash: str, list_id: str | None = None) -> dict[str, Any] | None:
-        """The member as the API shows it, {'status': 'forgotten'} after a permanent delete,
-        or None if unknown."""
+        """The member as the API shows it (tags, interests, language, marketing permissions)
+        plus ``groups`` ({category title: [names of interests on]}), {'status': 'forgotten'}
+        after a permanent delete, or None if unknown."""
         url = f"{self.admin_url}/lists/{self._list(list_id)}/members/{email_or_hash}"
         resp = self._http.get(url, timeout=10)
         if resp.status_code == 404:

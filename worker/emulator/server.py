@@ -19,15 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from worker.emulator.state import (
-    ApiError,
-    EmulatorState,
-    Event,
-    invalid,
-    not_found,
-    select_fields,
-    subscriber_hash,
-)
+from worker.emulator.problems import ApiError, invalid, not_found
+from worker.emulator.state import EmulatorState, Event, select_fields, subscriber_hash
 from worker.emulator.webhooks import Dispatcher, RetryPolicy
 
 log = logging.getLogger("worker.emulator")
@@ -339,6 +332,20 @@ def _int(request: web.Request, name: str, default: int) -> int:
         raise invalid(f"The value of '{name}' must be an integer.") from None
 
 
+def _flag(request: web.Request, name: str) -> bool | None:
+    """A boolean query parameter. The SDK sends Python's True/False, so case is ignored."""
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if value.lower() not in ("true", "false"):
+        raise invalid(f"The value of '{name}' must be true or false.")
+    return value.lower() == "true"
+
+
+def _skip_merge(request: web.Request) -> bool:
+    return bool(_flag(request, "skip_merge_validation"))
+
+
 def _shaped(request: web.Request, body: Any) -> web.Response:
     return json_response(
         select_fields(body, _csv(request, "fields"), _csv(request, "exclude_fields"))
@@ -355,6 +362,9 @@ class Api:
     def routes(self) -> list[web.RouteDef]:
         p = API_PREFIX
         member = p + "/lists/{list_id}/members/{subscriber_hash}"
+        merge = p + "/lists/{list_id}/merge-fields"
+        category = p + "/lists/{list_id}/interest-categories"
+        interests = category + "/{interest_category_id}/interests"
         return [
             web.get(p + "/ping", self.ping),
             web.get(p + "/lists", self.get_lists),
@@ -369,6 +379,16 @@ class Api:
             web.post(member + "/actions/delete-permanent", self.delete_permanent),
             web.get(member + "/tags", self.get_tags),
             web.post(member + "/tags", self.post_tags),
+            web.get(merge, self.get_merge_fields),
+            web.post(merge, self.add_merge_field),
+            web.get(merge + "/{merge_id}", self.get_merge_field),
+            web.get(category, self.get_interest_categories),
+            web.post(category, self.add_interest_category),
+            web.get(category + "/{interest_category_id}", self.get_interest_category),
+            web.get(interests, self.get_interests),
+            web.post(interests, self.add_interest),
+            web.get(interests + "/{interest_id}", self.get_interest),
+            web.patch(interests + "/{interest_id}", self.update_interest),
             web.get(p + "/lists/{list_id}/webhooks", self.get_webhooks),
             web.post(p + "/lists/{list_id}/webhooks", self.create_webhook),
             web.get(p + "/lists/{list_id}/webhooks/{webhook_id}", self.get_webhook),
@@ -389,7 +409,7 @@ class Api:
 
     async def batch(self, request: web.Request) -> web.Response:
         result, events = self.state.batch_subscribe(
-            request.match_info["list_id"], await _body(request)
+            request.match_info["list_id"], await _body(request), _skip_merge(request)
         )
         self.emu.fire(events)
         return json_response(result)
@@ -408,29 +428,32 @@ class Api:
         return _shaped(request, result)
 
     async def add_member(self, request: web.Request) -> web.Response:
-        member, events = self.state.add_member(request.match_info["list_id"], await _body(request))
+        member, events = self.state.add_member(
+            request.match_info["list_id"], await _body(request), _skip_merge(request)
+        )
         self.emu.fire(events)
-        return json_response(member.to_json())
+        return json_response(self.state.member_json(member))
 
     async def get_member(self, request: web.Request) -> web.Response:
         m = request.match_info
-        return _shaped(request, self.state.member(m["list_id"], m["subscriber_hash"]).to_json())
+        member = self.state.member(m["list_id"], m["subscriber_hash"])
+        return _shaped(request, self.state.member_json(member))
 
     async def put_member(self, request: web.Request) -> web.Response:
         m = request.match_info
         member, _, events = self.state.upsert_member(
-            m["list_id"], m["subscriber_hash"], await _body(request)
+            m["list_id"], m["subscriber_hash"], await _body(request), _skip_merge(request)
         )
         self.emu.fire(events)
-        return json_response(member.to_json())
+        return json_response(self.state.member_json(member))
 
     async def patch_member(self, request: web.Request) -> web.Response:
         m = request.match_info
         member, events = self.state.patch_member(
-            m["list_id"], m["subscriber_hash"], await _body(request)
+            m["list_id"], m["subscriber_hash"], await _body(request), _skip_merge(request)
         )
         self.emu.fire(events)
-        return json_response(member.to_json())
+        return json_response(self.state.member_json(member))
 
     async def delete_member(self, request: web.Request) -> web.Response:
         m = request.match_info
@@ -444,14 +467,88 @@ class Api:
 
     async def get_tags(self, request: web.Request) -> web.Response:
         m = request.match_info
-        member = self.state.member(m["list_id"], m["subscriber_hash"])
-        tags = member.to_json()["tags"]
-        return _shaped(request, {"tags": tags, "total_items": len(tags)})
+        tags = self.state.member_tags(
+            m["list_id"],
+            m["subscriber_hash"],
+            _int(request, "count", 10),
+            _int(request, "offset", 0),
+        )
+        return _shaped(request, tags)
 
     async def post_tags(self, request: web.Request) -> web.Response:
         m = request.match_info
         self.state.update_tags(m["list_id"], m["subscriber_hash"], await _body(request))
         return web.Response(status=204)
+
+    # ---- merge fields -----------------------------------------------------------------
+    async def get_merge_fields(self, request: web.Request) -> web.Response:
+        result = self.state.merge_fields(
+            request.match_info["list_id"],
+            _int(request, "count", 10),
+            _int(request, "offset", 0),
+            kind=request.query.get("type") or None,
+            required=_flag(request, "required"),
+        )
+        return _shaped(request, result)
+
+    async def add_merge_field(self, request: web.Request) -> web.Response:
+        list_id = request.match_info["list_id"]
+        created = self.state.add_merge_field(list_id, await _body(request))
+        return json_response(created.to_json(list_id))
+
+    async def get_merge_field(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        mf = self.state.merge_field(m["list_id"], m["merge_id"])
+        return _shaped(request, mf.to_json(m["list_id"]))
+
+    # ---- groups -----------------------------------------------------------------------
+    async def get_interest_categories(self, request: web.Request) -> web.Response:
+        result = self.state.interest_categories(
+            request.match_info["list_id"],
+            _int(request, "count", 10),
+            _int(request, "offset", 0),
+            kind=request.query.get("type") or None,
+        )
+        return _shaped(request, result)
+
+    async def add_interest_category(self, request: web.Request) -> web.Response:
+        list_id = request.match_info["list_id"]
+        category = self.state.add_interest_category(list_id, await _body(request))
+        return json_response(category.to_json(list_id))
+
+    async def get_interest_category(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        category = self.state.interest_category(m["list_id"], m["interest_category_id"])
+        return _shaped(request, category.to_json(m["list_id"]))
+
+    async def get_interests(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        result = self.state.interests(
+            m["list_id"],
+            m["interest_category_id"],
+            _int(request, "count", 10),
+            _int(request, "offset", 0),
+        )
+        return _shaped(request, result)
+
+    async def add_interest(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        interest = self.state.add_interest(
+            m["list_id"], m["interest_category_id"], await _body(request)
+        )
+        return json_response(self.state.interest_json(m["list_id"], interest))
+
+    async def get_interest(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        interest = self.state.interest(m["list_id"], m["interest_category_id"], m["interest_id"])
+        return _shaped(request, self.state.interest_json(m["list_id"], interest))
+
+    async def update_interest(self, request: web.Request) -> web.Response:
+        m = request.match_info
+        interest = self.state.update_interest(
+            m["list_id"], m["interest_category_id"], m["interest_id"], await _body(request)
+        )
+        return json_response(self.state.interest_json(m["list_id"], interest))
 
     async def get_webhooks(self, request: web.Request) -> web.Response:
         audience = self.state.audience(request.match_info["list_id"])
@@ -521,6 +618,7 @@ class Admin:
             web.get(a + "/lists/{list_id}", self.get_list),
             web.post(a + "/lists/{list_id}/members", self.seed_member),
             web.get(a + "/lists/{list_id}/members/{member}", self.get_member),
+            web.patch(a + "/lists/{list_id}/interests/{interest_id}", self.rename_interest),
             web.post(a + "/lists/{list_id}/actions/{action}", self.person_action),
             web.post(a + "/lists/{list_id}/throttle", self.throttle),
             web.get(a + "/webhooks/deliveries", self.deliveries),
@@ -605,6 +703,8 @@ class Admin:
             "allow_pending_resubscribe": s.allow_pending_resubscribe,
             "batch_unsubscribed": s.batch_unsubscribed,
             "sign_webhooks": s.sign_webhooks,
+            "unknown_merge_fields": s.unknown_merge_fields,
+            "skip_merge_validation": s.skip_merge_validation,
             "fake_domains": sorted(s.fake_domains),
             "webhook_retry": asdict(self.emu.dispatcher.policy),
         }
@@ -620,6 +720,14 @@ class Admin:
             s.batch_unsubscribed = body["batch_unsubscribed"]
         if "sign_webhooks" in body:
             s.sign_webhooks = bool(body["sign_webhooks"])
+        if "unknown_merge_fields" in body:
+            if body["unknown_merge_fields"] not in ("error", "ignore"):
+                raise invalid("unknown_merge_fields must be 'error' or 'ignore'.")
+            s.unknown_merge_fields = body["unknown_merge_fields"]
+        if "skip_merge_validation" in body:
+            if body["skip_merge_validation"] not in ("required", "all"):
+                raise invalid("skip_merge_validation must be 'required' or 'all'.")
+            s.skip_merge_validation = body["skip_merge_validation"]
         if "fake_domains" in body:
             s.fake_domains = frozenset(str(d).lower() for d in body["fake_domains"])
         policy = self.emu.dispatcher.policy
@@ -645,19 +753,54 @@ class Admin:
 
     async def create_list(self, request: web.Request) -> web.Response:
         body = await self._json(request)
-        audience = self.state.add_audience(body.get("id"), bool(body.get("double_optin", False)))
-        return json_response(audience.to_json())
+        audience = self.state.add_audience(
+            body.get("id"),
+            bool(body.get("double_optin", False)),
+            name=str(body.get("name") or ""),
+            merge_fields=body.get("merge_fields"),
+            interest_categories=body.get("interest_categories"),
+            marketing_permissions=body.get("marketing_permissions"),
+        )
+        return json_response(self._audience_view(audience.id))
 
     async def get_list(self, request: web.Request) -> web.Response:
-        audience = self.state.audience(request.match_info["list_id"])
-        return json_response(
-            {
-                **audience.to_json(),
-                "confirmations_sent": audience.confirmations_sent,
-                "forgotten": len(audience.forgotten),
-                "webhooks": [h.to_json(with_secret=True) for h in audience.webhooks.values()],
-            }
+        return json_response(self._audience_view(request.match_info["list_id"]))
+
+    def _audience_view(self, list_id: str) -> dict[str, Any]:
+        """The audience as the API shows it, plus what a test needs to know about it: its
+        shape with every id (merge fields, groups with their interests, GDPR permissions)."""
+        audience = self.state.audience(list_id)
+        shape = audience.shape
+        return {
+            **audience.to_json(),
+            "confirmations_sent": audience.confirmations_sent,
+            "forgotten": len(audience.forgotten),
+            "webhooks": [h.to_json(with_secret=True) for h in audience.webhooks.values()],
+            "shape": {
+                "merge_fields": [mf.to_json(list_id) for mf in shape.ordered_merge_fields()],
+                "interest_categories": [
+                    {
+                        **c.to_json(list_id),
+                        "interests": [self.state.interest_json(list_id, i) for i in c.ordered()],
+                    }
+                    for c in shape.ordered_categories()
+                ],
+                "marketing_permissions": [
+                    {"marketing_permission_id": p.id, "text": p.text}
+                    for p in shape.permissions.values()
+                ],
+            },
+        }
+
+    async def rename_interest(self, request: web.Request) -> web.Response:
+        """A rename in Mailchimp's UI: the interest keeps its id, clients holding the old name
+        must look again."""
+        list_id = request.match_info["list_id"]
+        body = await self._json(request)
+        interest = self.state.update_interest(
+            list_id, None, request.match_info["interest_id"], {"name": body.get("name")}
         )
+        return json_response(self.state.interest_json(list_id, interest))
 
     async def seed_member(self, request: web.Request) -> web.Response:
         body = await self._json(request)
@@ -673,7 +816,7 @@ class Admin:
         )
         if member is None:
             return json_response({"id": subscriber_hash(email), "status": "forgotten"})
-        return json_response(member.to_json())
+        return json_response(self.state.member_json(member))
 
     async def get_member(self, request: web.Request) -> web.Response:
         list_id, key = request.match_info["list_id"], request.match_info["member"]
@@ -681,7 +824,10 @@ class Admin:
         audience = self.state.audience(list_id)
         member = audience.members.get(key_hash)
         if member is not None:
-            return json_response(member.to_json())
+            # The API's view (tags, interests, language, permissions) plus the groups by name.
+            view = self.state.member_json(member)
+            view["groups"] = audience.shape.groups(member.interests)
+            return json_response(view)
         if key_hash in audience.forgotten:
             return json_response({"id": key_hash, "status": "forgotten"})
         raise not_found()

@@ -10,17 +10,23 @@ import hashlib
 import json
 import re
 import secrets
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-PROBLEM_TYPE = "https://mailchimp.com/developer/marketing/docs/errors/"
-VALIDATION_DETAIL = (
-    "The resource submitted could not be validated. "
-    "For field-specific details, see the 'errors' array."
+from worker.emulator.problems import ApiError, invalid, not_found, schema_error
+from worker.emulator.shape import (
+    AudienceShape,
+    Interest,
+    InterestCategory,
+    MergeField,
+    check_interest_map,
+    check_language,
+    check_permission_items,
+    check_tag_name,
+    check_tag_names,
 )
 
 # Statuses a member can hold, and the subset an API client may write.
@@ -37,47 +43,6 @@ DEFAULT_FAKE_DOMAINS = frozenset(
 )
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_BATCH = 500
-
-
-class ApiError(Exception):
-    """A Mailchimp problem+json answer: status, title (as Mailchimp spells it), detail."""
-
-    def __init__(
-        self,
-        status: int,
-        title: str,
-        detail: str,
-        errors: list[dict[str, str]] | None = None,
-    ) -> None:
-        super().__init__(f"{status} {title}: {detail}")
-        self.status = status
-        self.title = title
-        self.detail = detail
-        self.errors = errors
-
-    def problem(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "type": PROBLEM_TYPE,
-            "title": self.title,
-            "status": self.status,
-            "detail": self.detail,
-            "instance": str(uuid.uuid4()),
-        }
-        if self.errors is not None:
-            body["errors"] = self.errors
-        return body
-
-
-def not_found() -> ApiError:
-    return ApiError(404, "Resource Not Found", "The requested resource could not be found.")
-
-
-def invalid(detail: str, errors: list[dict[str, str]] | None = None) -> ApiError:
-    return ApiError(400, "Invalid Resource", detail, errors)
-
-
-def schema_error(fld: str, message: str) -> ApiError:
-    return invalid(VALIDATION_DETAIL, [{"field": fld, "message": message}])
 
 
 def compliance_error(email: str) -> ApiError:
@@ -156,8 +121,9 @@ class Member:
     last_changed: datetime
     merge_fields: dict[str, Any] = field(default_factory=dict)
     email_type: str = "html"
-    tags: dict[str, None] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)  # name -> date_added
     interests: dict[str, bool] = field(default_factory=dict)
+    marketing_permissions: dict[str, bool] = field(default_factory=dict)
     language: str = ""
     vip: bool = False
     ip_signup: str = ""
@@ -172,7 +138,9 @@ class Member:
     def id(self) -> str:
         return subscriber_hash(self.email_address)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, shape: AudienceShape | None = None) -> dict[str, Any]:
+        """The member as the API shows it; with its audience's ``shape``, every interest of the
+        audience on or off and, on a GDPR audience, every marketing permission."""
         body: dict[str, Any] = {
             "id": self.id,
             "email_address": self.email_address,
@@ -187,7 +155,7 @@ class Member:
             "email_type": self.email_type,
             "status": self.status,
             "merge_fields": dict(self.merge_fields),
-            "interests": dict(self.interests),
+            "interests": shape.member_interests(self.interests) if shape else dict(self.interests),
             "stats": {"avg_open_rate": 0, "avg_click_rate": 0},
             "ip_signup": self.ip_signup,
             "timestamp_signup": self.timestamp_signup,
@@ -204,9 +172,17 @@ class Member:
             "tags": [{"id": _tag_id(name), "name": name} for name in self.tags],
             "list_id": self.list_id,
         }
+        if shape is not None and shape.permissions:
+            body["marketing_permissions"] = shape.member_permissions(self.marketing_permissions)
         if self.status == "unsubscribed" and self.unsubscribe_reason:
             body["unsubscribe_reason"] = self.unsubscribe_reason
         return body
+
+    def tags_json(self) -> list[dict[str, Any]]:
+        return [
+            {"id": _tag_id(name), "name": name, "date_added": added}
+            for name, added in self.tags.items()
+        ]
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -215,8 +191,9 @@ class Member:
             "last_changed": iso(self.last_changed),
             "merge_fields": self.merge_fields,
             "email_type": self.email_type,
-            "tags": list(self.tags),
+            "tags": [{"name": name, "date_added": added} for name, added in self.tags.items()],
             "interests": self.interests,
+            "marketing_permissions": self.marketing_permissions,
             "language": self.language,
             "vip": self.vip,
             "ip_signup": self.ip_signup,
@@ -262,10 +239,17 @@ class Audience:
     """One audience. ``members`` is kept in last_changed order: a change moves the member to
     the end, so ``since_last_changed`` scans only the recent tail, not the whole audience."""
 
-    def __init__(self, list_id: str, double_optin: bool, name: str = "") -> None:
+    def __init__(
+        self,
+        list_id: str,
+        double_optin: bool,
+        name: str = "",
+        shape: AudienceShape | None = None,
+    ) -> None:
         self.id = list_id
         self.double_optin = double_optin
         self.name = name or f"Emulated audience {list_id}"
+        self.shape = shape or AudienceShape.default()
         self.members: dict[str, Member] = {}
         self.forgotten: set[str] = set()
         self.webhooks: dict[str, Webhook] = {}
@@ -280,6 +264,7 @@ class Audience:
             "web_id": int(hashlib.md5(self.id.encode(), usedforsecurity=False).hexdigest()[:6], 16),
             "name": self.name,
             "double_optin": self.double_optin,
+            "marketing_permissions": bool(self.shape.permissions),
             "email_type_option": False,
             "use_archive_bar": False,
             "date_created": self.date_created,
@@ -312,13 +297,19 @@ class EmulatorState:
         allow_pending_resubscribe: bool = True,
         batch_unsubscribed: str = "ignore",
         sign_webhooks: bool = False,
+        unknown_merge_fields: str = "error",
+        skip_merge_validation: str = "required",
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.audiences: dict[str, Audience] = {}
         self.fake_domains = fake_domains
-        # MAILCHIMP.md marks both of these unsettled ([?]); each is a switch.
+        # MAILCHIMP.md marks these unsettled ([?]); each is a switch.
         self.allow_pending_resubscribe = allow_pending_resubscribe
         self.batch_unsubscribed = batch_unsubscribed  # "ignore" | "error"
+        self.unknown_merge_fields = unknown_merge_fields  # "error" | "ignore"
+        # What skip_merge_validation=true waives: "required" fields only (what Mailchimp
+        # documents) or "all" merge checks.
+        self.skip_merge_validation = skip_merge_validation
         self.sign_webhooks = sign_webhooks
         self.throttled: set[str] = set()
         self.clock_offset = timedelta(0)
@@ -336,9 +327,21 @@ class EmulatorState:
         return ts
 
     # ---- audiences --------------------------------------------------------------------
-    def add_audience(self, list_id: str | None = None, double_optin: bool = False) -> Audience:
+    def add_audience(
+        self,
+        list_id: str | None = None,
+        double_optin: bool = False,
+        *,
+        name: str = "",
+        merge_fields: Any = None,
+        interest_categories: Any = None,
+        marketing_permissions: Any = None,
+    ) -> Audience:
+        """Create an audience, shaped by the admin API's definitions; a bad definition is
+        refused before anything is created."""
+        shape = build_shape(merge_fields, interest_categories, marketing_permissions)
         list_id = list_id or secrets.token_hex(5)
-        audience = Audience(list_id, double_optin)
+        audience = Audience(list_id, double_optin, name, shape)
         self.audiences[list_id] = audience
         return audience
 
@@ -358,6 +361,11 @@ class EmulatorState:
     def find_member(self, list_id: str, email_or_hash: str) -> Member:
         key = email_or_hash if "@" not in email_or_hash else subscriber_hash(email_or_hash)
         return self.member(list_id, key)
+
+    def member_json(self, member: Member) -> dict[str, Any]:
+        """The member as the API shows it, interests and permissions from its audience."""
+        audience = self.audiences.get(member.list_id)
+        return member.to_json(audience.shape if audience else None)
 
     # ---- low-level mutation (keeps ordering and counts right) -----------------------
     def _touch(self, audience: Audience, member: Member, ts: datetime | None = None) -> None:
@@ -413,13 +421,41 @@ class EmulatorState:
             raise schema_error("merge_fields", "Schema describes object, found instead")
         if "email_type" in body and body["email_type"] not in ("html", "text"):
             raise schema_error("email_type", "Schema describes enum, value found instead")
-        if "tags" in body and not isinstance(body["tags"], list):
-            raise schema_error("tags", "Schema describes array, found instead")
+        if "tags" in body:
+            check_tag_names(body["tags"])
+        if body.get("interests") is not None:
+            check_interest_map(body["interests"])
+        if body.get("marketing_permissions") is not None:
+            check_permission_items(body["marketing_permissions"])
+        if body.get("language") is not None:
+            check_language(body["language"])
         return body
+
+    def _check_shape(
+        self, audience: Audience, body: dict[str, Any], creating: bool, skip_merge: bool
+    ) -> dict[str, Any]:
+        """The body with its merge fields, interests and permissions checked against the
+        audience (defaults filled in on creation), before anything is changed."""
+        shape = audience.shape
+        checked = dict(body)
+        if creating or body.get("merge_fields"):
+            checked["merge_fields"] = shape.check_merge_fields(
+                body.get("merge_fields") or {},
+                creating=creating,
+                skip=self.skip_merge_validation if skip_merge else None,
+                unknown=self.unknown_merge_fields,
+            )
+        if body.get("interests") is not None:
+            checked["interests"] = shape.check_interests(body["interests"])
+        if body.get("marketing_permissions") is not None:
+            checked["marketing_permissions"] = shape.check_permissions(
+                body["marketing_permissions"]
+            )
+        return checked
 
     # ---- members via the API ----------------------------------------------------------
     def upsert_member(
-        self, list_id: str, member_hash: str, body: Any
+        self, list_id: str, member_hash: str, body: Any, skip_merge_validation: bool = False
     ) -> tuple[Member, bool, list[Event]]:
         """PUT /lists/{list}/members/{hash}: returns (member, created, events)."""
         audience = self.audience(list_id)
@@ -430,9 +466,11 @@ class EmulatorState:
                 "The subscriber hash in the URL does not match the email_address in the body.",
                 [{"field": "email_address", "message": "Does not match the subscriber hash."}],
             )
-        return self._apply_upsert(audience, email, body, update_existing=True)
+        return self._apply_upsert(audience, email, body, skip_merge_validation)
 
-    def add_member(self, list_id: str, body: Any) -> tuple[Member, list[Event]]:
+    def add_member(
+        self, list_id: str, body: Any, skip_merge_validation: bool = False
+    ) -> tuple[Member, list[Event]]:
         """POST /lists/{list}/members: create only; an existing member is 'Member Exists'."""
         audience = self.audience(list_id)
         body = self._check_body(body)
@@ -442,11 +480,11 @@ class EmulatorState:
             raise member_exists_error(email)
         if body.get("status") is None:
             raise schema_error("status", "Schema describes enum, NULL found instead")
-        member, _, events = self._apply_upsert(audience, email, body, update_existing=True)
+        member, _, events = self._apply_upsert(audience, email, body, skip_merge_validation)
         return member, events
 
     def _apply_upsert(
-        self, audience: Audience, email: str, body: dict[str, Any], update_existing: bool
+        self, audience: Audience, email: str, body: dict[str, Any], skip_merge: bool
     ) -> tuple[Member, bool, list[Event]]:
         key = subscriber_hash(email)
         if key in audience.forgotten:
@@ -456,13 +494,13 @@ class EmulatorState:
             status = body.get("status") or body.get("status_if_new")
             if status is None:
                 raise schema_error("status", "Schema describes enum, NULL found instead")
+            body = self._check_shape(audience, body, creating=True, skip_merge=skip_merge)
             return (
                 self._create(audience, email, status, body),
                 True,
                 self._created_events(audience, email, status),
             )
-        if not update_existing:
-            raise member_exists_error(email)
+        body = self._check_shape(audience, body, creating=False, skip_merge=skip_merge)
         return existing, False, self._update(audience, existing, body, with_status=True)
 
     def _create(self, audience: Audience, email: str, status: str, body: dict[str, Any]) -> Member:
@@ -475,6 +513,7 @@ class EmulatorState:
             merge_fields=dict(body.get("merge_fields") or {}),
             email_type=body.get("email_type") or "html",
             interests=dict(body.get("interests") or {}),
+            marketing_permissions=dict(body.get("marketing_permissions") or {}),
             language=body.get("language") or "",
             vip=bool(body.get("vip", False)),
             ip_signup=body.get("ip_signup") or "",
@@ -484,8 +523,7 @@ class EmulatorState:
         )
         # Tags in a PUT only take effect on creation (MAILCHIMP.md).
         for tag in body.get("tags") or []:
-            if isinstance(tag, str):
-                member.tags[tag] = None
+            member.tags[tag] = iso(now)
         self._insert(audience, member)
         if status == "pending":
             audience.confirmations_sent += 1
@@ -533,18 +571,28 @@ class EmulatorState:
                 changed = True
                 if member.status in ("subscribed", "pending", "transactional"):
                     events.append(self._event(member, "profile", "api"))
-        for attr in ("email_type", "language", "vip", "interests"):
+        for attr in ("email_type", "language", "vip"):
             if attr in body and body[attr] is not None and getattr(member, attr) != body[attr]:
                 setattr(member, attr, body[attr])
+                changed = True
+        # Interests and permissions not named in the write keep their value.
+        for attr in ("interests", "marketing_permissions"):
+            current = getattr(member, attr)
+            updated = {**current, **(body.get(attr) or {})}
+            if updated != current:
+                setattr(member, attr, updated)
                 changed = True
         if changed:
             self._touch(audience, member)
         return events
 
-    def patch_member(self, list_id: str, member_hash: str, body: Any) -> tuple[Member, list[Event]]:
+    def patch_member(
+        self, list_id: str, member_hash: str, body: Any, skip_merge_validation: bool = False
+    ) -> tuple[Member, list[Event]]:
         audience = self.audience(list_id)
         member = self.member(list_id, member_hash)
         body = self._check_body(body)
+        body = self._check_shape(audience, body, creating=False, skip_merge=skip_merge_validation)
         events: list[Event] = []
         new_email = body.get("email_address")
         if new_email is not None and new_email.lower() != member.email_address.lower():
@@ -587,17 +635,28 @@ class EmulatorState:
         for tag in tags:
             if not isinstance(tag, dict) or not isinstance(tag.get("name"), str):
                 raise schema_error("tags.item:name", "Schema describes string, NULL found instead")
+            check_tag_name(tag["name"], "tags.item:name")
             if tag.get("status") not in ("active", "inactive"):
                 raise schema_error("tags.item:status", "Schema describes enum, found instead")
+        now = iso(self.now())
         for tag in tags:
             if tag["status"] == "active":
-                member.tags[tag["name"]] = None
+                member.tags.setdefault(tag["name"], now)
             else:
                 member.tags.pop(tag["name"], None)
         self._touch(audience, member)
 
+    def member_tags(
+        self, list_id: str, member_hash: str, count: int, offset: int
+    ) -> dict[str, Any]:
+        """GET .../members/{hash}/tags: the tags with the date each was added."""
+        tags = self.member(list_id, member_hash).tags_json()
+        return {"tags": _page(tags, count, offset), "total_items": len(tags)}
+
     # ---- batch subscribe --------------------------------------------------------------
-    def batch_subscribe(self, list_id: str, body: Any) -> tuple[dict[str, Any], list[Event]]:
+    def batch_subscribe(
+        self, list_id: str, body: Any, skip_merge_validation: bool = False
+    ) -> tuple[dict[str, Any], list[Event]]:
         audience = self.audience(list_id)
         if not isinstance(body, dict) or not isinstance(body.get("members"), list):
             raise schema_error("members", "Schema describes array, NULL found instead")
@@ -636,10 +695,10 @@ class EmulatorState:
                     # Reported behaviour: the batch API silently ignores the re-subscribe.
                     item = {k: v for k, v in item.items() if k != "status"}
                 member, created, evs = self._apply_upsert(
-                    audience, email, item, update_existing=True
+                    audience, email, item, skip_merge_validation
                 )
                 events += evs
-                (new if created else updated).append(member.to_json())
+                (new if created else updated).append(member.to_json(audience.shape))
             except ApiError as exc:
                 err = _batch_error(str(email_raw), exc.detail, "ERROR_GENERIC")
                 if exc.errors:
@@ -697,10 +756,93 @@ class EmulatorState:
             selected.reverse()
         page = selected[offset : offset + count]
         return {
-            "members": [m.to_json() for m in page],
+            "members": [m.to_json(audience.shape) for m in page],
             "list_id": list_id,
             "total_items": len(selected),
         }
+
+    # ---- audience shape: merge fields and groups ----------------------------------------
+    def merge_fields(
+        self,
+        list_id: str,
+        count: int,
+        offset: int,
+        kind: str | None = None,
+        required: bool | None = None,
+    ) -> dict[str, Any]:
+        """GET /lists/{list}/merge-fields, filtered by ``type`` and ``required``."""
+        audience = self.audience(list_id)
+        fields = [
+            mf.to_json(list_id)
+            for mf in audience.shape.ordered_merge_fields()
+            if (kind is None or mf.type == kind) and (required is None or mf.required == required)
+        ]
+        return {
+            "merge_fields": _page(fields, count, offset),
+            "list_id": list_id,
+            "total_items": len(fields),
+        }
+
+    def add_merge_field(self, list_id: str, body: Any) -> MergeField:
+        return self.audience(list_id).shape.add_merge_field(body)
+
+    def merge_field(self, list_id: str, merge_id: str) -> MergeField:
+        return self.audience(list_id).shape.merge_field(merge_id)
+
+    def interest_categories(
+        self, list_id: str, count: int, offset: int, kind: str | None = None
+    ) -> dict[str, Any]:
+        audience = self.audience(list_id)
+        categories = [
+            c.to_json(list_id)
+            for c in audience.shape.ordered_categories()
+            if kind is None or c.type == kind
+        ]
+        return {
+            "list_id": list_id,
+            "categories": _page(categories, count, offset),
+            "total_items": len(categories),
+        }
+
+    def add_interest_category(self, list_id: str, body: Any) -> InterestCategory:
+        return self.audience(list_id).shape.add_category(body)
+
+    def interest_category(self, list_id: str, category_id: str) -> InterestCategory:
+        return self.audience(list_id).shape.category(category_id)
+
+    def interests(self, list_id: str, category_id: str, count: int, offset: int) -> dict[str, Any]:
+        category = self.interest_category(list_id, category_id)
+        interests = [self.interest_json(list_id, i) for i in category.ordered()]
+        return {
+            "interests": _page(interests, count, offset),
+            "list_id": list_id,
+            "category_id": category_id,
+            "total_items": len(interests),
+        }
+
+    def add_interest(self, list_id: str, category_id: str, body: Any) -> Interest:
+        return self.audience(list_id).shape.add_interest(category_id, body)
+
+    def interest(self, list_id: str, category_id: str, interest_id: str) -> Interest:
+        return self.audience(list_id).shape.interest(category_id, interest_id)
+
+    def update_interest(
+        self, list_id: str, category_id: str | None, interest_id: str, body: Any
+    ) -> Interest:
+        """PATCH of an interest; ``category_id`` None for the admin's rename (as in the UI):
+        ids stay, names change."""
+        return self.audience(list_id).shape.update_interest(category_id, interest_id, body)
+
+    def interest_json(self, list_id: str, interest: Interest) -> dict[str, Any]:
+        """An interest with its subscriber count: subscribed members who have it on. Counted on
+        each read, which is cheap at test sizes and can never drift."""
+        audience = self.audience(list_id)
+        count = sum(
+            1
+            for m in audience.members.values()
+            if m.status == "subscribed" and m.interests.get(interest.id)
+        )
+        return interest.to_json(list_id, count)
 
     # ---- webhooks ---------------------------------------------------------------------
     def validate_webhook(
@@ -928,6 +1070,7 @@ class EmulatorState:
                     "id": a.id,
                     "double_optin": a.double_optin,
                     "name": a.name,
+                    "shape": a.shape.to_state(),
                     "members": [m.to_state() for m in a.members.values()],
                     "forgotten": sorted(a.forgotten),
                     "webhooks": [h.to_json(with_secret=True) for h in a.webhooks.values()],
@@ -948,6 +1091,8 @@ class EmulatorState:
                 raw["id"], raw.get("double_optin", False)
             )
             audience.name = raw.get("name") or audience.name
+            if "shape" in raw:
+                audience.shape = AudienceShape.from_state(raw["shape"])
             for m in raw.get("members", []):
                 member = Member(
                     list_id=audience.id,
@@ -956,8 +1101,9 @@ class EmulatorState:
                     last_changed=parse_iso(m["last_changed"]),
                     merge_fields=m.get("merge_fields", {}),
                     email_type=m.get("email_type", "html"),
-                    tags=dict.fromkeys(m.get("tags", [])),
+                    tags=_loaded_tags(m.get("tags", [])),
                     interests=m.get("interests", {}),
+                    marketing_permissions=m.get("marketing_permissions", {}),
                     language=m.get("language", ""),
                     vip=m.get("vip", False),
                     ip_signup=m.get("ip_signup", ""),
@@ -991,6 +1137,56 @@ def _merge_fields(member: Member) -> list[tuple[str, str]]:
         else:
             out.append((f"data[merges][{key}]", "" if value is None else str(value)))
     return out
+
+
+def _loaded_tags(raw: list[Any]) -> dict[str, str]:
+    """Tags from a state file: {name, date_added} items, or bare names from older files."""
+    tags: dict[str, str] = {}
+    for item in raw:
+        if isinstance(item, str):
+            tags[item] = ""
+        else:
+            tags[item["name"]] = item.get("date_added", "")
+    return tags
+
+
+def _page(items: list[Any], count: int, offset: int) -> list[Any]:
+    if count > 1000 or count < 0 or offset < 0:
+        raise invalid("count must be between 0 and 1000, offset at least 0.")
+    return items[offset : offset + count]
+
+
+def build_shape(merge_fields: Any, categories: Any, permissions: Any) -> AudienceShape:
+    """An audience's shape from the admin API's definitions.
+
+    ``merge_fields``: the API's merge-field bodies (a ``choices`` list may sit at the top);
+    one naming an existing tag (FNAME, LNAME) redefines it. ``categories``: ``{"title",
+    "type", "interests": [name, ...]}``. ``permissions``: texts, or ``{"text"}`` objects.
+    """
+    shape = AudienceShape.default()
+    for spec in _items(merge_fields, "merge_fields"):
+        if isinstance(spec, dict) and "choices" in spec:
+            options = dict(spec.get("options") or {}, choices=spec["choices"])
+            spec = {k: v for k, v in spec.items() if k != "choices"} | {"options": options}
+        shape.add_merge_field(spec, replace=True)
+    for spec in _items(categories, "interest_categories"):
+        category = shape.add_category(spec)
+        for name in _items(spec.get("interests"), "interests"):
+            shape.add_interest(category.id, name if isinstance(name, dict) else {"name": name})
+    for spec in _items(permissions, "marketing_permissions"):
+        text = spec.get("text") if isinstance(spec, dict) else spec
+        if not isinstance(text, str) or not text.strip():
+            raise invalid("marketing_permissions: each needs a text, e.g. 'Email'.")
+        shape.add_permission(text.strip())
+    return shape
+
+
+def _items(value: Any, name: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid(f"{name} must be a list.")
+    return value
 
 
 def _batch_error(email: str, message: str, code: str) -> dict[str, Any]:
