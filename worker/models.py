@@ -1,4 +1,4 @@
-"""The tables of listsync (see ARCHITECTURE.md, "The data").
+"""The tables of listsync (docs/architecture.md, "The data").
 
 Contacts mirror the audience; submissions and their IPs are what the retention schedule
 deletes; sync jobs are the outbox towards Mailchimp and webhook events the inbox from it.

@@ -1,4 +1,4 @@
-"""Mailchimp-shaped webhook bodies (every shape in MAILCHIMP.md) and a poster for them."""
+"""Mailchimp-shaped webhook bodies (every shape docs/webhooks.md lists) and a poster for them."""
 
 from __future__ import annotations
 

@@ -272,7 +272,7 @@ class Emulator:
             return self._drop(request), "drop"
         if kind == "timeout":
             # The client gives up, but the call still runs here and holds its connection
-            # slot, as MAILCHIMP.md warns; it lands after the hold.
+            # slot, as docs/mailchimp.md warns; it lands after the hold.
             await asyncio.sleep(self.faults.timeout_hold_s)
         return None
 

@@ -303,7 +303,7 @@ class EmulatorState:
     ) -> None:
         self.audiences: dict[str, Audience] = {}
         self.fake_domains = fake_domains
-        # MAILCHIMP.md marks these unsettled ([?]); each is a switch.
+        # docs/mailchimp.md marks these unsettled ([?]); each is a switch.
         self.allow_pending_resubscribe = allow_pending_resubscribe
         self.batch_unsubscribed = batch_unsubscribed  # "ignore" | "error"
         self.unknown_merge_fields = unknown_merge_fields  # "error" | "ignore"
@@ -521,7 +521,7 @@ class EmulatorState:
             timestamp_signup=body.get("timestamp_signup") or "",
             timestamp_opt=body.get("timestamp_opt") or (iso(now) if status == "subscribed" else ""),
         )
-        # Tags in a PUT only take effect on creation (MAILCHIMP.md).
+        # Tags in a PUT only take effect on creation (docs/mailchimp.md).
         for tag in body.get("tags") or []:
             member.tags[tag] = iso(now)
         self._insert(audience, member)

@@ -49,7 +49,7 @@ class ParsedEvent:
 
 
 def parse_fired_at(value: object) -> datetime:
-    """Mailchimp's "YYYY-MM-DD HH:MM:SS", no zone: taken as UTC (MAILCHIMP.md)."""
+    """Mailchimp's "YYYY-MM-DD HH:MM:SS", no zone: taken as UTC (docs/mailchimp.md)."""
     if not isinstance(value, str):
         raise BadEvent("malformed", "fired_at: missing or not a single value")
     value = value.strip()
@@ -90,7 +90,7 @@ def dedupe_key(*parts: str) -> str:
 
 
 def validate_event(form: dict[str, Any], expected_list_id: str | None) -> ParsedEvent:
-    """Check one parsed form against the shapes in MAILCHIMP.md; raises BadEvent."""
+    """Check one parsed form against the shapes in docs/mailchimp.md; raises BadEvent."""
     kind = form.get("type")
     if not isinstance(kind, str) or not kind.strip():
         raise BadEvent("malformed", "type: missing or not a single value")
