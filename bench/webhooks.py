@@ -219,7 +219,8 @@ def main() -> None:
         "--worker-nice",
         type=int,
         default=Settings.model_fields["worker_nice"].default,
-        help="LISTSYNC_WORKER_NICE for the worker (default: the setting's; 0: no lower priority)",
+        help="start the worker through `nice -n N`, as listsync worker does with "
+        "LISTSYNC_WORKER_NICE (default: the setting's; 0: not at all)",
     )
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/14")
     parser.add_argument("--apply-timeout", type=float, default=600.0)
@@ -247,7 +248,6 @@ def main() -> None:
         "LISTSYNC_WEBHOOK_SECRETS": SECRET,
         "LISTSYNC_MAILCHIMP_LIST_ID": LIST_ID,
         "LISTSYNC_LOG_LEVEL": "WARNING",
-        "LISTSYNC_WORKER_NICE": str(args.worker_nice),
     }
     logs = ROOT / "var" / "bench" / schema  # per run: two runs at once must not share logs
     logs.mkdir(parents=True, exist_ok=True)
@@ -261,7 +261,9 @@ def main() -> None:
                 subprocess.Popen(web_argv, env=env, cwd=ROOT, stdout=web_log, stderr=web_log)
             )
             # The worker as `listsync worker` runs it (prefork), on the optouts queue only.
-            worker_argv = processes.worker_argv("optouts", args.worker_concurrency)
+            worker_argv = processes.worker_argv(
+                "optouts", args.worker_concurrency, nice=args.worker_nice
+            )
             if not args.worker_after:
                 procs.append(
                     subprocess.Popen(worker_argv, env=env, cwd=ROOT, stdout=w_log, stderr=w_log)

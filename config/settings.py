@@ -115,7 +115,8 @@ class Settings(BaseSettings):
         default=10,
         ge=0,
         le=19,
-        description="Niceness of the worker's pool processes: the web's answers come first.",
+        description="`listsync worker` and `listsync run` start Celery workers through "
+        "`nice -n` this much: the web's answers come first.",
     )
     log_level: str = Field(default="INFO")
 

@@ -10,21 +10,14 @@ from typing import Any
 
 from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 
-from config import get_settings
 from worker.db import dispose_engines
 from worker.optouts.inbox import on_worker_start
-from worker.startup import (
-    ConfigFileError,
-    check_config_files,
-    freeze_startup_objects,
-    lower_priority,
-)
+from worker.startup import ConfigFileError, check_config_files, freeze_startup_objects
 
 
 @worker_process_init.connect
 def _start_pool_process(**_: Any) -> None:
     dispose_engines()  # a forked pool process must not share its parent's database sockets
-    lower_priority(get_settings().worker_nice)
     freeze_startup_objects()
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -105,17 +109,14 @@ def test_every_setting_is_documented() -> None:
     assert missing == []
 
 
-def printed_by_new_process(code: str, *, nice: int = 0, env: dict[str, str] | None = None) -> int:
-    """Run `code` in a fresh interpreter (at niceness `nice`) and return the int it prints."""
-    import os
+def printed_by_new_process(code: str) -> int:
+    """Run `code` in a fresh interpreter and return the int it prints."""
     import subprocess
-    import sys
 
     from tests.conftest import ROOT
 
-    argv = ["nice", "-n", str(nice), sys.executable, "-c", code]
     run = subprocess.run(
-        argv, cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+        [sys.executable, "-c", code], cwd=ROOT, env=os.environ, capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr
     return int(run.stdout.split()[-1])
@@ -137,15 +138,23 @@ def test_long_running_processes_hide_their_start_up_objects_from_the_cycle_colle
     assert frozen > 10_000
 
 
-@pytest.mark.parametrize(("started_at", "setting", "runs_at"), [(0, "7", 7), (12, "7", 12)])
-def test_pool_processes_run_at_the_configured_niceness_never_higher_priority(
-    started_at: int, setting: str, runs_at: int, settings_env: dict[str, str]
+@pytest.mark.parametrize(("setting", "runs_at"), [("7", 7), ("0", 0)])
+def test_listsync_worker_and_its_pool_run_at_the_configured_niceness(
+    setting: str, runs_at: int, db: str, settings_env: dict[str, str], tmp_path: Path
 ) -> None:
-    # Tasks are a backlog; the web's answers come first where both share CPUs. A worker
-    # started at a lower priority keeps it (raising it again would need privileges).
-    code = (
-        "import os; from tasks.lifecycle import _start_pool_process; _start_pool_process(); "
-        "print(os.getpriority(os.PRIO_PROCESS, 0))"
-    )
-    env = {"LISTSYNC_WORKER_NICE": setting}
-    assert printed_by_new_process(code, nice=started_at, env=env) == runs_at
+    # Tasks are a backlog; the web's answers come first where both share CPUs.
+    import psutil
+
+    from tests.helpers import wait_for
+    from worker.supervise import Child, descendants
+
+    argv = [sys.executable, "-m", "worker.cli", "worker", "-Q", "maintenance", "-c", "1"]
+    env = {**os.environ, **settings_env, "LISTSYNC_WORKER_NICE": setting}
+    worker = Child("worker", argv, env, log=tmp_path / "worker.log", own_group=True).start()
+    try:
+        wait_for(lambda: worker.logged_since_start(" ready.") or not worker.alive(), timeout=60)
+        pids = [worker.pid, *descendants(worker.pid)]
+        assert len(pids) >= 2, worker.log_tail()  # the Celery main process and its pool
+        assert {psutil.Process(pid).nice() for pid in pids} == {runs_at}
+    finally:
+        worker.kill()

@@ -1,11 +1,10 @@
 """What long-running processes do at start: check the config files (a bad forms or retention
 file stops the process), and, once started, keep the cycle collector off their start-up
-objects; the worker's pool processes also lower their priority."""
+objects."""
 
 from __future__ import annotations
 
 import gc
-import os
 
 from worker.forms import FormsConfigError, get_forms
 from worker.retention.schedule import ScheduleError, get_schedule
@@ -29,13 +28,3 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()  # what is garbage now must not be kept for ever
     gc.freeze()
-
-
-def lower_priority(nice: int) -> None:
-    """Run this process at niceness `nice`, unless it already runs at a lower priority.
-
-    The worker's pool processes do this (LISTSYNC_WORKER_NICE): the tasks are a backlog that
-    may wait seconds, while a webhook or signup waits for its answer (docs/operations.md).
-    """
-    if os.getpriority(os.PRIO_PROCESS, 0) < nice:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)

@@ -87,8 +87,13 @@ def worker_argv(
     concurrency: int | None = None,
     prefetch_multiplier: int | None = None,
     name: str = "worker",
+    nice: int = 0,
 ) -> list[str]:
-    """A Celery worker command line. Prefetch: 1, or a batch's worth when it takes signups."""
+    """A Celery worker command line. Prefetch: 1, or a batch's worth when it takes signups.
+
+    `nice`: run the worker (and so its pool) through `nice -n`, as a deployment would
+    (LISTSYNC_WORKER_NICE): tasks are a backlog, and where web and worker share CPUs the web's
+    answers come first (docs/operations.md)."""
     concurrency = concurrency or 1
     if prefetch_multiplier is None:
         takes_signups = "signups" in queues.split(",")
@@ -97,7 +102,7 @@ def worker_argv(
     argv += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
     argv += ["--concurrency", str(concurrency), "--prefetch-multiplier", str(prefetch_multiplier)]
     argv += ["--hostname", f"{name}@%h"]
-    return argv
+    return ["nice", "-n", str(nice), *argv] if nice else argv
 
 
 def beat_argv(schedule_file: Path) -> list[str]:
@@ -129,9 +134,13 @@ def worker(
     settings = settings_or_exit()
     check_services(settings)
     argv = worker_argv(
-        queues, concurrency or settings.worker_concurrency, prefetch_multiplier, name
+        queues,
+        concurrency or settings.worker_concurrency,
+        prefetch_multiplier,
+        name,
+        nice=settings.worker_nice,
     )
-    os.execv(sys.executable, argv)
+    os.execvp(argv[0], argv)
 
 
 @click.command()
@@ -289,9 +298,10 @@ def _embedded_defaults(
 
 def _start_all(children: Children, settings: Settings, env: dict[str, str], web_port: int) -> None:
     # Intake on its own worker, so its batch-sized prefetch never holds other tasks.
-    children.start("intake", worker_argv("signups", 1, name="intake"), env)
+    nice = settings.worker_nice
+    children.start("intake", worker_argv("signups", 1, name="intake", nice=nice), env)
     others = "sync,optouts,maintenance"
-    children.start("worker", worker_argv(others, settings.worker_concurrency), env)
+    children.start("worker", worker_argv(others, settings.worker_concurrency, nice=nice), env)
     children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
     children.start("web", web_argv(settings.web_host, web_port), env)
 

@@ -31,12 +31,11 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from config import get_settings
 from worker import metrics, publish
-from worker.db import session_scope
+from worker.db import dialect_insert, session_scope
 from worker.models import ChangeSource, EventState, WebhookEvent, utcnow
 from worker.optouts.events import KNOWN_TYPES, ParsedEvent, validate_event
 from worker.optouts.form import parse_form
@@ -145,14 +144,11 @@ def _json_insert_statement(columns: tuple[str, ...]) -> Insert:
     )
 
 
-def _insert_values(
-    session: Session, rows: list[dict[str, Any]], dialect_insert: Any = sqlite_insert
-) -> dict[str, int]:
+def _insert_values(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
     """As _insert_postgresql, for SQLite: SQLAlchemy's "insertmanyvalues", multi-row INSERTs of one
-    statement compiled once (a literal .values(list) would be compiled anew per count).
-    `dialect_insert`: the dialect's own `insert` (bench/inbox.py runs it on PostgreSQL)."""
+    statement compiled once (a literal .values(list) would be compiled anew per count)."""
     insert = (
-        dialect_insert(_TABLE)
+        dialect_insert(session)(_TABLE)
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(_TABLE.c.id, _TABLE.c.dedupe_key)
     )
