@@ -14,12 +14,13 @@ from config import get_settings
 
 _settings = get_settings()
 
-#: Redis redelivers a message unacked for this long: it bounds how long the messages a
-#: SIGKILLed worker held wait before they come back. Every countdown we use is shorter (the
-#: longest, a retry backoff, is 60 s), and every task finishes well inside it: a flush stops
+#: Redis redelivers a message unacked for this long (LISTSYNC_BROKER_VISIBILITY_TIMEOUT_SECONDS,
+#: default 120 s): it bounds how long the messages a SIGKILLed worker held wait before they
+#: come back. Every countdown we use is shorter (a signup published again waits at most half
+#: of it; a retry backoff at most 60 s), and every task finishes well inside it: a flush stops
 #: calling Mailchimp after 60 s, long purges and reconciliations continue in a follow-up
 #: task. A task that did overrun would only run twice, and every task is idempotent.
-VISIBILITY_TIMEOUT_SECONDS = 120
+VISIBILITY_TIMEOUT_SECONDS = _settings.broker_visibility_timeout_seconds
 #: A task that can run long (the purge, reconciliation) stops after this much work and
 #: queues its own continuation, so none holds its message near the visibility timeout.
 TASK_TIME_BUDGET_SECONDS = 60.0

@@ -3,7 +3,9 @@ peak RSS of process trees, emulator counter sums."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import math
 import os
 import subprocess
@@ -89,6 +91,32 @@ def clean_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSYNC_")}
     env.update(overrides)
     return env
+
+
+# --- messages as any producer builds them ----------------------------------------------------
+
+
+def raw_task_message(task: str, args: Any, kwargs: Any, routing_key: str = "signups") -> str:
+    """A Celery message (protocol 2) for kombu's Redis transport, built by hand as a producer
+    in another language would, with any arguments at all: what `LPUSH <queue>` takes."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([args, kwargs, {}]).encode()
+    return json.dumps(
+        {
+            "body": base64.b64encode(body).decode(),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id},
+            "properties": {
+                "correlation_id": task_id,
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": routing_key},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
 
 
 # --- child processes ----------------------------------------------------------------------

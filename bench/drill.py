@@ -3,23 +3,24 @@ the whole system runs as real processes and is hit by every fault we know of at 
 
     .venv/bin/python bench/drill.py [--signups 20000] [--actions 3000] [--seed 1] [--json]
 
-On this machine: the emulator, `listsync web --workers 2`, two `listsync worker` processes
-(every queue each, like docker-compose's `worker` scaled to 2), `celery -A worker beat`, on
-a fresh PostgreSQL schema in db `test` (dropped after) and a dedicated `redis-server` on a
-free port (no persistence; the shared Redis on 6379 is never touched). In one run it enqueues
-signups (half as Celery messages, half over `POST /v1/signups`; 10% for addresses already
-unsubscribed, cleaned or forgotten in the emulator, 5% duplicates, 2% invalid) while the
-emulator fails calls (5xx, 429 with and without body, timeouts, dropped connections), each
-worker is SIGKILLed twice, Redis loses everything it held once (FLUSHALL and every client
-connection cut; with --redis-persistent, a SIGKILL and a restart from its append-only file
-instead), web is SIGKILLed once, and people act in
+Processes: the emulator, `listsync web --workers 2`, two `listsync worker` processes (every
+queue each, like docker-compose's `worker` scaled to 2), `celery -A worker beat`, on a
+PostgreSQL and a `redis-server` of the drill's own, on free ports (the shared servers are
+never touched). In one run it enqueues signups (half as Celery messages, half over
+`POST /v1/signups`; 10% for addresses already unsubscribed, cleaned or forgotten in the
+emulator, 5% duplicates, 2% invalid, and poison: each kind of malformed envelope and messages
+the database refuses to store) while the emulator fails calls (5xx, 429 with and without
+body, timeouts, dropped connections), each worker is SIGKILLed twice, Redis loses everything
+it held once (FLUSHALL and every client connection cut; with --redis-persistent, a SIGKILL
+and a restart from its append-only file instead), Redis is full for a few seconds (every
+write refused), PostgreSQL is restarted once, web is SIGKILLed once, and people act in
 Mailchimp (unsubscribe, complain, bounce, change e-mail), 20% of those webhooks delivered
 twice (re-POSTed by a small proxy in front of web) and 10% dropped (blocked in the emulator,
 left to reconciliation). Then the faults stop and it measures how long the system takes to
 settle, and prints: signups lost, re-subscriptions after an opt-out, local/emulator status
-disagreements, events applied twice, PII lines in the process logs, the call cap, and the
-time to settle. Exit status 1 when any is off. docs/reliability.md has the details and the
-last run's figures.
+disagreements, events applied twice, PII lines in the process logs, signups parked (must
+equal the poison sent), the call cap, and the time to settle. Exit status 1 when any is
+off. docs/reliability.md has the details and the figures.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import clean_env, pg_schema, run_migrations, wait_for  # noqa: E402
+from bench._common import clean_env, raw_task_message, run_migrations, wait_for  # noqa: E402
+from bench._services import PrivatePostgres, PrivateRedis  # noqa: E402
 from worker.addresses import email_hash  # noqa: E402
 from worker.cli.processes import free_port, register_webhook  # noqa: E402
 from worker.emulator.process import EmulatorProcess  # noqa: E402
@@ -102,6 +104,13 @@ class DrillConfig:
     kills_per_worker: int = 2
     redis_restarts: int = 1
     web_kills: int = 1
+    #: Redis full (maxmemory under noeviction: every write refused) this often, this long.
+    redis_fills: int = 1
+    redis_full_seconds: float = 3.0
+    postgres_restarts: int = 1
+    #: Poison messages of each kind mixed into the signups, all sent as Celery messages: each
+    #: malformed envelope (rejected) and one the database refuses to store (parked).
+    poison_per_kind: int = 2
     #: How long faults last at least; they also last until every signup and action is sent.
     fault_seconds: float = 30.0
     #: The small pytest run sets this: kills and the Redis restart happen only after every
@@ -113,7 +122,7 @@ class DrillConfig:
     #: Stop waiting early when nothing has changed for this long and no work is left anywhere.
     quiet_seconds: float = 60.0
     log_dir: Path | None = None
-    #: Leave the drill's PostgreSQL schema in place afterwards, to look into a failure.
+    #: Leave the drill's PostgreSQL data directory in place afterwards, to look into a failure.
     keep_db: bool = False
     #: Redis as production runs it (append-only file): its restart is a crash, not a wipe.
     redis_persistent: bool = False
@@ -151,6 +160,10 @@ class DrillReport:
     inbox: dict[str, int] = field(default_factory=dict)
     rejected_signups: int = -1
     invalid_accepted: int = -1
+    #: Poison messages sent that the database refuses to store, and signups parked: equal
+    #: when every poison message, and nothing else, ended parked.
+    poison_sent: int = -1
+    parked: int = -1
     evidence: dict[str, list[str]] = field(default_factory=dict)
     load_average: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -174,7 +187,12 @@ class DrillReport:
             self.applied_twice,
             self.pii_lines,
         )
-        return all(n == 0 for n in counts) and not self.cap_exceeded and self.settled_in_time
+        return (
+            all(n == 0 for n in counts)
+            and self.parked == self.poison_sent
+            and not self.cap_exceeded
+            and self.settled_in_time
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "cap_exceeded": self.cap_exceeded, "ok": self.ok}
@@ -187,6 +205,7 @@ class DrillReport:
             ("local status != emulator", self.status_mismatches, self.mismatch_detail),
             ("events applied twice", self.applied_twice, {}),
             ("PII lines in process logs", self.pii_lines, self.pii_by_log),
+            ("parked (= poison sent)", self.parked, {"poison_sent": self.poison_sent}),
         ]
         lines = [f"{name:32} {value:>6}  {_fmt(detail)}" for name, value, detail in rows]
         lines.append(
@@ -233,35 +252,10 @@ def _fmt(mapping: Mapping[str, Any]) -> str:
 # --- processes ----------------------------------------------------------------------------
 
 
-class RedisServer:
-    """A dedicated redis-server. Without persistence (the default, as the issue asks) a
-    restart loses everything it held; with `persistent`, it runs as docker-compose runs
-    production's (append-only file, fsync every second) and the restart is a crash."""
-
-    def __init__(self, log_dir: Path, persistent: bool = False) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.persistent = persistent
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--maxmemory-policy", "noeviction"]
-        if persistent:
-            data = log_dir / "redis-data"
-            data.mkdir(parents=True, exist_ok=True)
-            argv += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(data)]
-        else:
-            argv += ["--appendonly", "no"]
-        self.proc = Child("redis", argv, os.environ, log=log_dir / "redis.log", own_group=True)
-        self.client = redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
-
-    def up(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def start(self) -> None:
-        self.proc.start()
-        wait_for(self.up, 10, what="redis-server answering")
+class RedisServer(PrivateRedis):
+    """The drill's broker. Without persistence (the default) a restart loses everything it
+    held; with `persistent`, it runs as production's would (append-only file, fsync every
+    second) and the restart is a crash."""
 
     def stop(self) -> set[str]:
         """Persistent: SIGKILL, a crash; `start` brings it back from its append-only file.
@@ -273,6 +267,7 @@ class RedisServer:
         if self.persistent:
             self.proc.kill()
             return set()
+        self.set_full(False)  # a restarted server comes back without the limit
         pipe = self.client.pipeline(transaction=True)
         pipe.lrange("signups", 0, -1).hvals("unacked").flushall()
         queued, unacked, _ = pipe.execute()
@@ -284,6 +279,12 @@ class RedisServer:
     def start_if_down(self) -> None:
         if not self.proc.alive():
             self.start()
+
+    def set_full(self, full: bool) -> None:
+        """Full: every write refused, as at maxmemory under noeviction; or not. A Redis
+        that is down (killed meanwhile) has nothing to change."""
+        with contextlib.suppress(redis.RedisError):
+            self.refuse_writes() if full else self.accept_writes()
 
 
 # --- the webhook proxy: duplicates some deliveries ----------------------------------------
@@ -409,7 +410,42 @@ def plan_signups(config: DrillConfig, rng: random.Random) -> tuple[list[Signup],
             signups.append(Signup(n, email, key, channel, "optedout", ip))
         else:
             signups.append(Signup(n, address("s", n), key, channel, "new", ip))
+    n = len(signups)
+    for kind in POISON_KINDS:
+        for _ in range(config.poison_per_kind):
+            poison = Signup(n, address("p", n), f"drill-{config.seed}-{n:07d}", "queue", kind, "")
+            signups.insert(rng.randrange(len(signups) + 1), poison)
+            n += 1
     return signups, seeded
+
+
+#: The poison the drill mixes in: each malformed envelope (the code it is rejected with) and
+#: a message the database refuses to store (its trigger refuses this first name).
+MALFORMED = (
+    "positional_arguments",
+    "arguments_not_a_mapping",
+    "no_message",
+    "unknown_argument",
+)
+POISON_KINDS = (*(f"malformed:{code}" for code in MALFORMED), "poison")
+POISON_NAME = "Poison"
+REFUSE_POISON = (
+    "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN "
+    f"IF NEW.fields->>'first_name' = '{POISON_NAME}' THEN RAISE EXCEPTION 'refused'; END IF; "
+    "RETURN NEW; END $$ LANGUAGE plpgsql",
+    "CREATE TRIGGER poison BEFORE INSERT ON submission "
+    "FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+)
+
+
+def malformed_envelope(code: str, message: dict[str, Any]) -> tuple[Any, Any]:
+    """The (args, kwargs) of a message a producer got wrong in the way `code` names."""
+    return {
+        "positional_arguments": ([message], {}),
+        "arguments_not_a_mapping": ([], ["message", message]),
+        "no_message": ([], {"signup": message}),
+        "unknown_argument": ([], {"message": message, "priority": "high"}),
+    }[code]
 
 
 class Website:
@@ -424,6 +460,7 @@ class Website:
         # Constructor arguments take precedence over the config object's broker_url.
         self.app = Celery("drill-website", broker=broker_url, set_as_current=False)
         self.app.config_from_object("celeryconfig")
+        self.broker = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=5)
         self.web_url, self.token = web_url, token
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -432,7 +469,8 @@ class Website:
         return build_message(
             s.email,
             "newsletter_signup",
-            fields={"first_name": "Drill", "last_name": f"N{s.n}"},
+            fields={"first_name": POISON_NAME if s.kind == "poison" else "Drill"}
+            | {"last_name": f"N{s.n}"},
             ip=s.ip or None,
             idempotency_key=s.key,
         )
@@ -442,6 +480,11 @@ class Website:
         session = requests.Session()
         while not stop.is_set():
             try:
+                if s.kind.startswith("malformed:"):
+                    args, kwargs = malformed_envelope(s.kind.split(":", 1)[1], message)
+                    self.broker.lpush("signups", raw_task_message(RECEIVE_TASK, args, kwargs))
+                    s.accepted = True
+                    return
                 if s.channel == "queue":
                     self.app.send_task(
                         RECEIVE_TASK,
@@ -586,8 +629,17 @@ class Chaos:
     """Kills and restarts on a seeded schedule; a killed process comes back after a short
     pause, as a supervisor would bring it back."""
 
-    def __init__(self, procs: dict[str, Child], redis_server: RedisServer, rng: random.Random):
-        self.procs, self.redis, self.rng = procs, redis_server, rng
+    def __init__(
+        self,
+        procs: dict[str, Child],
+        redis_server: RedisServer,
+        postgres: PrivatePostgres,
+        rng: random.Random,
+        full_seconds: float,
+    ):
+        self.procs, self.redis, self.postgres, self.rng = procs, redis_server, postgres, rng
+        self.full_seconds = full_seconds
+        self.redis_full = False
         self.done: Counter[str] = Counter()
         self.log: list[str] = []
         self._heap: list[tuple[float, int, str, str]] = []
@@ -599,6 +651,7 @@ class Chaos:
     def plan(self, config: DrillConfig, start: float, window: float) -> None:
         targets = [w for w in WORKERS for _ in range(config.kills_per_worker)]
         targets += ["redis"] * config.redis_restarts + ["web"] * config.web_kills
+        targets += ["redis_full"] * config.redis_fills + ["postgres"] * config.postgres_restarts
         for target in targets:
             self._push(start + window * self.rng.uniform(0.05, 0.85), "kill", target)
 
@@ -632,7 +685,8 @@ class Chaos:
                     continue
                 self._kill(target)
                 self.done[f"{target}_killed"] += 1
-                self._push(now + self.rng.uniform(1.0, 3.0), "start", target)
+                pause = self.full_seconds if target == "redis_full" else self.rng.uniform(1, 3)
+                self._push(now + pause, "start", target)
                 self._starting.add(target)
             else:
                 self._start(target)
@@ -642,17 +696,32 @@ class Chaos:
     def _is_up(self, target: str) -> bool:
         if target == "redis":
             return self.redis.proc.alive()
+        if target == "redis_full":
+            return not self.redis_full
+        if target == "postgres":
+            return self.postgres.up()
         return self.procs[target].alive()
 
     def _kill(self, target: str) -> None:
+        """Kill a process; "redis_full" fills Redis, "postgres" stops the database."""
         if target == "redis":
             self.wiped_keys |= self.redis.stop()
+        elif target == "redis_full":
+            self.redis.set_full(True)
+            self.redis_full = True
+        elif target == "postgres":
+            self.postgres.stop()
         else:
             self.procs[target].kill()
 
     def _start(self, target: str) -> None:
         if target == "redis":
             self.redis.start_if_down()
+        elif target == "redis_full":
+            self.redis.set_full(False)
+            self.redis_full = False
+        elif target == "postgres":
+            self.postgres.start()
         else:
             self.procs[target].start()
 
@@ -722,7 +791,7 @@ class Inspector:
         lost: Counter[str] = Counter()
         wiped_in_broker = 0
         for s in signups:
-            if not s.accepted or s.kind == "invalid":
+            if not s.accepted or s.kind == "invalid" or s.kind in POISON_KINDS:
                 continue
             why = self._lost(s, jobs, members, actions)
             if why == "never_stored" and s.key in wiped:
@@ -877,7 +946,8 @@ def run_drill(config: DrillConfig) -> DrillReport:
         redis_server = RedisServer(log_dir, persistent=config.redis_persistent)
         stack.callback(redis_server.proc.stop)
         redis_server.start()
-        db_url, _schema = stack.enter_context(pg_schema(prefix="fdrill_", keep=config.keep_db))
+        postgres = stack.enter_context(PrivatePostgres(keep=config.keep_db))
+        db_url = postgres.url
         state_file = log_dir / "emulator-state.json"
         emu = stack.enter_context(EmulatorProcess("--state-file", str(state_file)))
         emu.set_settings(
@@ -906,6 +976,11 @@ def run_drill(config: DrillConfig) -> DrillReport:
         )
         (log_dir / "var").mkdir(exist_ok=True)
         run_migrations(env)
+        admin = create_engine(db_url)
+        with admin.begin() as conn:
+            for statement in REFUSE_POISON:
+                conn.execute(text(statement))
+        admin.dispose()
         cli = [sys.executable, "-m", "worker.cli"]
         argv = {
             "web": [*cli, "web", "--workers", "2"],
@@ -954,7 +1029,9 @@ def run_drill(config: DrillConfig) -> DrillReport:
             daemon=True,
         )
         actor.start()
-        chaos = Chaos(procs, redis_server, random.Random(config.seed + 2))
+        chaos = Chaos(
+            procs, redis_server, postgres, random.Random(config.seed + 2), config.redis_full_seconds
+        )
         if config.faults_after_intake:
             sender.join()
             wait_for(lambda: _intake_taken(redis_server.client), 120, what="signups queue drained")
@@ -1050,6 +1127,8 @@ def run_drill(config: DrillConfig) -> DrillReport:
             **{f"action_{k}": v for k, v in actions.counts.items()},
         }
         report.outbox, report.outcomes, report.inbox, report.rejected_signups = inspector.tallies()
+        report.poison_sent = sum(1 for s in signups if s.kind == "poison" and s.accepted)
+        report.parked = int(inspector.rows("SELECT count(*) FROM parked_signup")[0][0])
         report.invalid_accepted = sum(1 for s in signups if s.kind == "invalid" and s.accepted)
         stop.set()
         for proc in procs.values():

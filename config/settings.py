@@ -43,7 +43,32 @@ class Settings(BaseSettings):
         default=None,
         description="Redis URL of the Celery broker. Unset: `listsync run` embeds a Redis server.",
     )
+    broker_visibility_timeout_seconds: int = Field(
+        default=120,
+        ge=10,
+        le=3600,
+        description="Redis broker: a message a worker took and did not acknowledge within this "
+        "long (its worker died) is delivered again.",
+    )
     var_dir: Path = Field(default=DEFAULT_VAR_DIR, description="Where local state files live.")
+    database_connect_timeout_seconds: int = Field(
+        default=5,
+        ge=1,
+        le=60,
+        description="PostgreSQL: give up connecting after this long (the database is away).",
+    )
+    database_statement_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: cancel any statement running longer than this.",
+    )
+    database_pool_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Wait at most this long for a free pooled connection.",
+    )
 
     # --- Mailchimp ----------------------------------------------------------------------
     mailchimp_api_key: SecretStr | None = Field(

@@ -6,6 +6,7 @@ worker_init or beat_init.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
@@ -24,12 +25,14 @@ def _start_pool_process(**_: Any) -> None:
 @worker_init.connect
 @beat_init.connect
 def _check_config_files(**_: Any) -> None:
-    # A bad forms or retention file stops the worker and beat at start, naming file and line.
-    # SystemExit, because Celery logs and swallows ordinary exceptions from signal handlers.
+    # A bad forms or retention file stops the worker and beat at start, naming file and line,
+    # with exit status 2 as every listsync command. SystemExit, because Celery logs and
+    # swallows ordinary exceptions from signal handlers.
     try:
         check_config_files()
     except ConfigFileError as exc:
-        raise SystemExit(f"invalid configuration file: {exc}") from None
+        print(f"invalid configuration file: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 @worker_ready.connect

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
+
+from worker.supervise import Child
 
 T = TypeVar("T")
 
@@ -42,3 +46,33 @@ def run_listsync(
         timeout=timeout,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def worker_process(
+    env: dict[str, str],
+    queues: str = "sync",
+    *,
+    prefetch: int = 1,
+    log: Path | None = None,
+    ready: bool = False,
+) -> Iterator[Child]:
+    """A real `celery worker` (prefork, one pool process) in its own process group, killed
+    with it at the end. `prefetch` 200 takes signups as `listsync run`'s intake worker does;
+    with `ready`, wait until it says it is ready (needs `log`)."""
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-c", "1"]
+    level = "INFO" if log is not None else "WARNING"
+    argv += ["--without-mingle", "--without-gossip", "--loglevel", level]
+    argv += ["--prefetch-multiplier", str(prefetch)]
+    child = Child("worker", argv, {**os.environ, **env}, log=log, own_group=True).start()
+    try:
+        if ready:
+            wait_for(
+                lambda: child.logged_since_start(" ready.") or not child.alive(),
+                timeout=60,
+                what="the worker to be ready",
+            )
+            assert child.alive(), child.log_tail()
+        yield child
+    finally:
+        child.kill()

@@ -158,3 +158,34 @@ def test_listsync_worker_and_its_pool_run_at_the_configured_niceness(
         assert {psutil.Process(pid).nice() for pid in pids} == {runs_at}
     finally:
         worker.kill()
+
+
+@pytest.mark.postgres_only
+def test_postgresql_connections_carry_the_statement_and_connect_timeouts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Nothing waits on the database past the broker's visibility timeout or a client's
+    patience: every connection is opened, and every statement cancelled, within bounds."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    from config import get_settings
+    from tests.conftest import PG_ADMIN_URL
+    from worker.db import database_unavailable
+
+    monkeypatch.setenv("LISTSYNC_DATABASE_STATEMENT_TIMEOUT_SECONDS", "0.25")
+    monkeypatch.setenv("LISTSYNC_DATABASE_CONNECT_TIMEOUT_SECONDS", "3")
+    get_settings.cache_clear()
+    dispose_engines()
+    try:
+        engine = get_engine(PG_ADMIN_URL)
+        with engine.connect() as conn:
+            assert conn.scalar(text("SHOW statement_timeout")) == "250ms"
+            parameters = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+            assert parameters["connect_timeout"] == "3"
+            with pytest.raises(OperationalError) as caught:
+                conn.execute(text("SELECT pg_sleep(2)"))
+        assert database_unavailable(caught.value)  # a timeout reads as "the database is away"
+    finally:
+        dispose_engines()
+        get_settings.cache_clear()

@@ -15,6 +15,13 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
@@ -35,16 +42,57 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    """An engine for `url`. Every wait is bounded (settings), so a request or a task that
+    meets a database that is away fails within seconds, well inside the broker's visibility
+    timeout and a web client's patience, instead of hanging."""
+    settings = get_settings()
     # hide_parameters: SQLAlchemy's error texts would otherwise quote the row's values
     # (addresses, names) into logs and Celery's failure events (invariant 5).
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30},
+            pool_timeout=settings.database_pool_timeout_seconds,
+            hide_parameters=True,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=settings.database_pool_timeout_seconds,
+        connect_args={"connect_timeout": settings.database_connect_timeout_seconds},
+        hide_parameters=True,
+    )
+    timeout = f"{int(settings.database_statement_timeout_seconds * 1000)}ms"
+
+    # Set on each new connection rather than through `options` in connect_args, which would
+    # replace the `options` a URL may carry (a search_path, say).
+    @event.listens_for(engine, "connect")
+    def _bound_statements(dbapi_connection: Any, _record: Any) -> None:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])
+        dbapi_connection.commit()
+
+    return engine
+
+
+#: What "the database is away" looks like: it cannot be reached, a connection broke, a
+#: statement ran past its timeout, or no pooled connection came free in time. Work that meets
+#: one of these is retried later; any other error is a problem with the work itself.
+UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says the database is away, rather than that the work is at fault."""
+    if isinstance(exc, UNAVAILABLE):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from config import get_settings
+from worker.tomlfile import line_of
 
 DEFAULT_FORMS_FILE = Path(__file__).resolve().parent.parent / "config" / "forms.toml"
 
@@ -16,7 +17,7 @@ ConsentRule = Literal["implied", "checkbox", "none"]
 
 
 class FormsConfigError(ValueError):
-    """The forms file is malformed; the message names the file and the form."""
+    """The forms file is malformed; the message names the file, line and form."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,15 @@ class Form:
         )
 
 
-def _form(name: str, raw: Any, source: Path) -> Form:
-    where = f"{source}: [forms.{name}]"
+#: A form's name is stored with each submission (a 64-character column).
+MAX_FORM_NAME = 64
+
+
+def _form(name: str, raw: Any, source: Path, text: str) -> Form:
+    line = line_of(text, "", f"forms.{name}") or line_of(text, name, "forms")
+    where = f"{source}:{line}: [forms.{name}]"
+    if len(name) > MAX_FORM_NAME:
+        raise FormsConfigError(f"{where} a form's name may have at most {MAX_FORM_NAME} characters")
     if not isinstance(raw, dict):
         raise FormsConfigError(f"{where} must be a table")
     consent = raw.get("consent")
@@ -69,13 +77,14 @@ def _form(name: str, raw: Any, source: Path) -> Form:
 
 def load_forms(path: Path) -> dict[str, Form]:
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise FormsConfigError(f"{path}: {exc}") from None
     forms = data.get("forms")
     if not isinstance(forms, dict) or not forms:
         raise FormsConfigError(f"{path}: needs at least one [forms.NAME] table")
-    return {name: _form(name, raw, path) for name, raw in forms.items()}
+    return {name: _form(name, raw, path, text) for name, raw in forms.items()}
 
 
 @lru_cache(maxsize=4)

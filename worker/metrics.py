@@ -26,6 +26,8 @@ COUNTERS: dict[str, str] = {
     "mailchimp_calls_total": "Mailchimp API calls by endpoint and outcome.",
     "sync_members_total": "Members flushed to Mailchimp by outcome.",
     "signups_received_total": "Signups received by channel and result.",
+    "signups_republished_total": "Queued signups published again, by reason (database away).",
+    "signups_parked_total": "Queued signups parked because they could not be stored, by error.",
     "signup_fields_dropped_total": "Form fields dropped because the form does not allow them.",
     "webhook_events_received_total": "Webhook events stored, by type.",
     "webhook_rejected_total": "Webhook calls refused, by reason.",

@@ -300,6 +300,30 @@ class RejectedSignup(Base):
     reason: Mapped[str] = mapped_column(Text)
 
 
+class ParkedSignup(Base):
+    """A queued signup that could not be stored for a reason other than the database being
+    away (intake's dead letters): kept with an error code for a person to look at and replay
+    (`listsync failed list|retry`), purged on its own schedule (`keep.parked_signups`).
+
+    `payload` is the message as it came, personal data included: exported and erased with the
+    address (`email_hash`, when the message had one).
+    """
+
+    __tablename__ = "parked_signup"
+
+    id: Mapped[intpk]
+    parked_at: Mapped[created] = mapped_column(index=True)
+    channel: Mapped[str] = mapped_column(String(16))
+    form: Mapped[str | None] = mapped_column(String(64))
+    email_hash: Mapped[str | None] = mapped_column(String(32), index=True)
+    error: Mapped[str] = mapped_column(String(64))  # a code: never the exception's text
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    def __repr__(self) -> str:
+        return f"<ParkedSignup id={self.id} error={self.error}>"
+
+
 class AuditEntry(Base):
     """Who asked for what: holds, exports with IPs, erasures, corrections. No PII."""
 
@@ -333,6 +357,7 @@ __all__ = [
     "Hold",
     "JobKind",
     "JobState",
+    "ParkedSignup",
     "PurgeRun",
     "RejectedSignup",
     "Submission",

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from celeryconfig import VISIBILITY_TIMEOUT_SECONDS
 from worker.app import app
 from worker.broker import get_redis
 from worker.signups.message import build_message, masked_repr, validate
@@ -28,8 +29,13 @@ OPTOUTS_SWEEP_TASK = "listsync.optouts.sweep"
 RECONCILE_TASK = "listsync.optouts.reconcile"
 PURGE_TASK = "listsync.retention.purge"
 
-#: A signup message the database could not take is published again after this many seconds.
-REPUBLISH_DELAY = 5
+#: A signup message the database could not take is published again, due after 5 s, then
+#: 10, 20, ... doubling with each attempt up to a cap.
+REPUBLISH_FIRST_DELAY = 5
+#: The cap stays under half the broker's visibility timeout (celeryconfig): a worker holds a
+#: delayed message unacknowledged until it is due, and Redis would hand a message held longer
+#: than the visibility timeout to a second worker as well.
+REPUBLISH_MAX_DELAY = min(300, VISIBILITY_TIMEOUT_SECONDS // 2)
 
 
 def enqueue_signup(email: str, form: str, **options: Any) -> str:
@@ -43,25 +49,33 @@ def enqueue_signup(email: str, form: str, **options: Any) -> str:
     return publish_signup(message)
 
 
-def publish_signup(message: Any, *, countdown: float | None = None) -> str:
+def publish_signup(message: Any, *, attempt: int = 0, countdown: float | None = None) -> str:
     """Publish a signup message as it is; returns the Celery task id. What Flower and
     `inspect` show of it is masked: the address never appears there. Raises when the broker
     does not take it."""
+    kwargs: dict[str, Any] = {"message": message}
+    if attempt:
+        kwargs["attempt"] = attempt
     result = app.send_task(
         RECEIVE_TASK,
-        kwargs={"message": message},
+        kwargs=kwargs,
         queue="signups",
         countdown=countdown,
         argsrepr="()",
-        kwargsrepr=masked_repr(message) if isinstance(message, dict) else "<message>",
+        kwargsrepr=masked_repr(message, attempt) if isinstance(message, dict) else "<message>",
     )
     return str(result.id)
 
 
-def republish_signup(message: Any) -> None:
-    """Publish a signup message again, due in REPUBLISH_DELAY seconds; raises when the broker
-    does not take it."""
-    publish_signup(message, countdown=REPUBLISH_DELAY)
+def republish_delay(attempt: int) -> int:
+    """Seconds before attempt number `attempt` (1 for the first republish) is due."""
+    return min(REPUBLISH_FIRST_DELAY * 2 ** min(max(attempt - 1, 0), 16), REPUBLISH_MAX_DELAY)
+
+
+def republish_signup(message: Any, attempt: int) -> None:
+    """Publish a signup message again as attempt number `attempt`, due after
+    `republish_delay(attempt)` seconds; raises when the broker does not take it."""
+    publish_signup(message, attempt=attempt, countdown=republish_delay(attempt))
 
 
 def continue_task(name: str, **kwargs: Any) -> None:

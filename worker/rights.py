@@ -23,6 +23,7 @@ from worker.models import (
     Hold,
     JobKind,
     JobState,
+    ParkedSignup,
     Submission,
     SubmissionIP,
     Suppression,
@@ -99,6 +100,9 @@ def export(
     )
     jobs = session.scalars(select(SyncJob).where(SyncJob.email_hash == key).order_by(SyncJob.id))
     suppression = session.get(Suppression, key)
+    parked = session.scalars(
+        select(ParkedSignup).where(ParkedSignup.email_hash == key).order_by(ParkedSignup.id)
+    )
 
     out: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -143,6 +147,17 @@ def export(
                 "last_error": j.last_error,
             }
             for j in jobs
+        ],
+        "parked_signups": [
+            {
+                "id": p.id,
+                "parked_at": _iso(p.parked_at),
+                "form": p.form,
+                "error": p.error,
+                "attempts": p.attempts,
+                "message": p.payload,
+            }
+            for p in parked
         ],
         "suppression": (
             None
@@ -253,6 +268,7 @@ class ErasureReport:
     email_hash: str
     submissions: int
     ips: int
+    parked: int
     jobs_suppressed: int
     payloads_dropped: int
     sync_job_id: int
@@ -289,6 +305,7 @@ def erase(
         submissions = _count(
             session.execute(delete(Submission).where(Submission.contact_id == contact.id))
         )
+    parked = _count(session.execute(delete(ParkedSignup).where(ParkedSignup.email_hash == key)))
     # Queued signups and corrections must not reach Mailchimp after the erasure.
     jobs_suppressed = _count(
         session.execute(
@@ -331,10 +348,11 @@ def erase(
             "reason": reason,
             "submissions": submissions,
             "ips": ips,
+            "parked": parked,
             "jobs_suppressed": jobs_suppressed,
         },
     )
-    return ErasureReport(key, submissions, ips, jobs_suppressed, payloads, job.id)
+    return ErasureReport(key, submissions, ips, parked, jobs_suppressed, payloads, job.id)
 
 
 def _former_hashes(session: Session, key: str) -> set[str]:

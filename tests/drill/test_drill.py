@@ -11,15 +11,18 @@ from bench.drill import DrillConfig, run_drill
 
 
 def test_small_drill_loses_nothing_resubscribes_nobody_and_settles(tmp_path: Path) -> None:
-    # One kill of each kind: each worker once, Redis emptied once, web once. They happen
-    # after the signups were taken from the queue: a killed worker's unacked signups come
-    # back only after the broker's visibility timeout (120 s), which the full drill measures.
+    # One fault of each kind: each worker killed once, Redis emptied once and full once,
+    # PostgreSQL restarted once, web killed once, one poison message of each kind. The kills
+    # happen after the signups were taken from the queue: a killed worker's unacked signups
+    # come back only after the broker's visibility timeout (120 s), which the full drill
+    # measures.
     config = DrillConfig(
         signups=300,
         actions=60,
         seed=7,
         signup_rate=50,
         kills_per_worker=1,
+        poison_per_kind=1,
         fault_seconds=20,
         faults_after_intake=True,
         settle_timeout_seconds=60,
@@ -30,6 +33,8 @@ def test_small_drill_loses_nothing_resubscribes_nobody_and_settles(tmp_path: Pat
     assert report.ok, report.summary()
     assert report.faults["worker-a_killed"] == report.faults["worker-b_killed"] == 1
     assert report.faults["redis_killed"] == report.faults["web_killed"] == 1
+    assert report.faults["redis_full_killed"] == report.faults["postgres_killed"] == 1
+    assert report.parked == report.poison_sent == 1
     assert report.webhooks["duplicated"] > 0 and report.webhooks["dropped"] > 0
     assert report.rejected_signups >= report.sent["kind_invalid"]
 

@@ -147,14 +147,16 @@ def test_webhook_never_fails_or_leaks_and_refusals_store_nothing(
                 if shape == "whole event":
                     case.body = dict(data.draw(st.sampled_from(WHOLE_EVENTS)))
                 case.body["data[list_id]"] = LIST_ID
-                when = data.draw(st.datetimes(min_value=datetime(2000, 1, 1)))
+                # Not ahead of this clock: an event dated ahead is refused (400).
+                when = data.draw(st.datetimes(datetime(2000, 1, 1), datetime(2025, 12, 31)))
                 case.body["fired_at"] = when.strftime("%Y-%m-%d %H:%M:%S")
         return {}
 
     def after(case: Any, response: Any, before: dict[str, int]) -> None:
         now = counts()
         if response.status_code == 200:
-            assert response.json()["status"] in {"stored", "duplicate", "ignored"}
+            # "ok": an empty body, answered as Mailchimp's URL check.
+            assert response.json()["status"] in {"stored", "duplicate", "ignored", "ok"}
         else:
             assert response.status_code in {400, 404, 413, 415}
             assert now == before

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -80,6 +80,37 @@ def use(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
 
 def test_mailchimp_url_check_gets_200(client: TestClient) -> None:
     assert client.get(URL).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, FORM, {"content-type": "application/json"}, {"content-type": "text/plain"}],
+    ids=["no content type", "form", "json", "text"],
+)
+def test_the_url_check_as_an_empty_post_gets_200_and_stores_nothing(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    for content in (b"", b"  \r\n"):
+        response = client.post(URL, content=content, headers=headers)
+        assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert event_count() == 0 and received_total() == 0
+    assert client.post(URL, content=b"", headers=headers).json() == client.get(URL).json()
+
+
+def test_an_event_dated_more_than_an_hour_ahead_is_refused(client: TestClient) -> None:
+    from freezegun import freeze_time
+
+    with freeze_time(AT):
+        far = post(client, unsubscribe(EMAIL, "9999-12-31 23:59:59"))
+        assert far.status_code == 400 and far.json()["reason"] == "fired_in_future"
+        ahead = post(client, unsubscribe(EMAIL, AT + timedelta(minutes=61)))
+        assert ahead.status_code == 400
+        assert event_count() == 0
+        skewed = post(client, unsubscribe(EMAIL, AT + timedelta(minutes=59)))
+        assert skewed.status_code == 200  # clocks drift: within the hour is accepted
+    assert event_count() == 1
+    assert rejected()["fired_in_future"] == 2
+    wait_for(lambda: received_total() == 1)  # the step after the answer, before the next test
 
 
 def test_unknown_secret_gets_a_plain_404_and_is_counted(client: TestClient) -> None:

@@ -258,3 +258,28 @@ def test_erase_is_refused_while_a_hold_is_active(rows: Rows, settings_env: dict[
     assert snapshot(rows) == before
     with rows.session() as s, pytest.raises(InvalidRequest, match="under hold"):
         erase(s, EMAIL, "request")
+
+
+def test_a_parked_signup_is_exported_and_erased_with_its_address(rows: Rows) -> None:
+    from worker.models import ParkedSignup
+    from worker.signups.message import build_message
+    from worker.signups.parked import park
+
+    person(rows)
+    # Parked under the address as typed (case, spaces): found under the normalized hash.
+    message = build_message(" Ada@Example.com ", "newsletter_signup", fields={"first_name": "A"})
+    park(message, error="database:P0001", attempts=2, channel="queue")
+    other = park(build_message("bob@example.org", "survey"), error="x", attempts=0, channel="queue")
+    with rows.session() as s:
+        data = export(s, EMAIL)
+    assert [(p["error"], p["attempts"], p["message"]["email"]) for p in data["parked_signups"]] == [
+        ("database:P0001", 2, " Ada@Example.com ")
+    ]
+    with rows.session() as s:
+        report = erase(s, EMAIL, reason="request 2026-17")
+        s.commit()
+    assert report.parked == 1
+    with rows.session() as s:
+        assert s.scalars(select(ParkedSignup.id)).all() == [other]  # the other person's stays
+        audit_entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "erase")).one()
+        assert audit_entry.detail["parked"] == 1

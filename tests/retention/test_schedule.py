@@ -87,7 +87,7 @@ def test_worker_and_beat_refuse_to_start_with_an_invalid_schedule(
     path.write_text(GOOD + 'survey = "soon"\n', encoding="utf-8")
     env = {**settings_env, "LISTSYNC_RETENTION_FILE": str(path)}
     result = run_listsync("worker", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "r.toml:5: forms.survey" in result.stderr and "Traceback" not in result.stderr
     # The plain Celery command stops too (the check runs on worker_init / beat_init).
     beat = subprocess.run(
@@ -98,5 +98,5 @@ def test_worker_and_beat_refuse_to_start_with_an_invalid_schedule(
         timeout=60,
         check=False,
     )
-    assert beat.returncode != 0
+    assert beat.returncode == 2
     assert "r.toml:5: forms.survey" in beat.stderr + beat.stdout

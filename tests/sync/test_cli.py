@@ -47,7 +47,10 @@ def test_failed_jobs_are_listed_without_addresses_and_replayed(
     listed = run_listsync("failed", "list", "--json", env=settings_env)
     assert listed.returncode == 0
     rows = json.loads(listed.stdout)
-    assert [(r["id"], r["reason"]) for r in rows] == [(job_id.sync_job_id, "fake_or_invalid")]
+    assert [(r["id"], r["reason"]) for r in rows["sync_jobs"]] == [
+        (job_id.sync_job_id, "fake_or_invalid")
+    ]
+    assert rows["parked_signups"] == []
     assert "failing" not in listed.stdout
     assert run_listsync("failed", "retry", env=settings_env).returncode == 2  # ids or --all
     replay = run_listsync("failed", "retry", "--all", env=settings_env)

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -16,7 +12,7 @@ import redis
 from sqlalchemy import func, select, update
 
 from tests.conftest import Audience
-from tests.helpers import wait_for
+from tests.helpers import wait_for, worker_process
 from worker.db import session_scope
 from worker.models import JobState, Submission, SyncJob, utcnow
 from worker.publish import enqueue_signup
@@ -28,26 +24,6 @@ from worker.signups.store import receive
 def jobs_in(state: JobState) -> int:
     with session_scope() as session:
         return session.scalar(select(func.count()).where(SyncJob.state == state)) or 0
-
-
-@contextmanager
-def worker_process(env: dict[str, str], queues: str = "sync") -> Iterator[subprocess.Popen[bytes]]:
-    """A real `celery worker` in its own process group, killed with it at the end."""
-    argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-c", "1"]
-    argv += ["--without-mingle", "--without-gossip", "--loglevel", "WARNING"]
-    proc = subprocess.Popen(
-        argv,
-        env={**os.environ, **env},
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def test_worker_killed_mid_flush_then_every_job_completes(

@@ -15,6 +15,12 @@ class ListsyncError(click.ClickException):
     """A problem the operator can fix: printed as one line, exit status 1."""
 
 
+class ConfigError(ListsyncError):
+    """A configuration file that would fail the work (forms, retention): exit status 2."""
+
+    exit_code = 2
+
+
 class BadInput(click.UsageError):
     """Bad input on the command line (unknown email, malformed date): exit status 2."""
 

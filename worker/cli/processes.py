@@ -22,7 +22,7 @@ from types import FrameType
 import click
 
 from config import Settings
-from worker.cli.common import ListsyncError, settings_or_exit
+from worker.cli.common import ConfigError, ListsyncError, settings_or_exit
 from worker.supervise import Child, Children
 
 QUEUES = "signups,sync,optouts,maintenance"
@@ -49,7 +49,7 @@ def check_services(settings: Settings, *, broker: bool = True) -> None:
     try:
         check_config_files()
     except ConfigFileError as exc:
-        raise ListsyncError(f"invalid configuration file: {exc}") from None
+        raise ConfigError(f"invalid configuration file: {exc}") from None
     try:
         with get_engine(settings.database_url).connect() as conn:
             conn.execute(text("SELECT 1"))

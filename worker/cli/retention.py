@@ -9,14 +9,14 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import click
 
-from worker.cli.common import BadInput, ListsyncError, settings_or_exit
+from worker.cli.common import BadInput, ConfigError, settings_or_exit
 
 DUE_WINDOWS_DAYS = (1, 7, 30)
 
 
 @contextmanager
 def _checked() -> Iterator[None]:
-    """Settings and schedule problems → one line, exit 1; bad input → exit 2."""
+    """Settings problems → one line, exit 1; a bad schedule file or bad input → exit 2."""
     from worker.retention.holds import InvalidRequest
     from worker.retention.schedule import ScheduleError, get_schedule
 
@@ -24,7 +24,7 @@ def _checked() -> Iterator[None]:
     try:
         get_schedule()
     except ScheduleError as exc:
-        raise ListsyncError(f"invalid retention schedule: {exc}") from None
+        raise ConfigError(f"invalid retention schedule: {exc}") from None
     try:
         yield
     except InvalidRequest as exc:

@@ -96,6 +96,7 @@ def erase(email: str, reason: str) -> None:
     _nudge_flush()
     click.echo(
         f"erased {report.email_hash[:12]}…: {report.submissions} submissions, {report.ips} IPs, "
-        f"{report.jobs_suppressed} queued jobs stopped; Mailchimp deletion queued "
+        f"{report.parked} parked signups, {report.jobs_suppressed} queued jobs stopped; "
+        "Mailchimp deletion queued "
         f"(sync job {report.sync_job_id})"
     )

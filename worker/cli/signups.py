@@ -45,19 +45,20 @@ def enqueue(
 
 @click.group()
 def failed() -> None:
-    """Sync jobs that ended failed: list and replay them."""
+    """Sync jobs that ended failed and parked signups: list and replay them."""
 
 
 @failed.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def failed_list(as_json: bool) -> None:
-    """Show failed sync jobs with their reasons (no addresses)."""
+    """Show failed sync jobs and parked signups with their reasons (no addresses)."""
     from worker.db import session_scope
     from worker.signups.flush import failed_jobs
+    from worker.signups.parked import list_parked
 
     settings_or_exit()
     with session_scope() as session:
-        rows: list[dict[str, Any]] = [
+        jobs: list[dict[str, Any]] = [
             {
                 "id": job.id,
                 "kind": job.kind,
@@ -68,33 +69,69 @@ def failed_list(as_json: bool) -> None:
             }
             for job in failed_jobs(session)
         ]
+        parked: list[dict[str, Any]] = [
+            {
+                "id": f"{PARKED_PREFIX}{row.id}",
+                "form": row.form,
+                "email_hash": row.email_hash,
+                "attempts": row.attempts,
+                "reason": row.error,
+                "parked_at": row.parked_at.isoformat(),
+            }
+            for row in list_parked(session)
+        ]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"sync_jobs": jobs, "parked_signups": parked}, indent=2))
         return
-    if not rows:
+    if not jobs:
         click.echo("no failed sync jobs")
-    for row in rows:
+    for row in jobs:
         click.echo(
             f"{row['id']:>8}  {row['kind']:<7} {row['email_hash'][:12]}…  "
             f"attempts={row['attempts']}  {row['reason']}"
         )
+    if not parked:
+        click.echo("no parked signups")
+    for row in parked:
+        key = f"{row['email_hash'][:12]}…" if row["email_hash"] else "(no address)"
+        click.echo(
+            f"{row['id']:>8}  {row['form'] or '?':<20} {key}  "
+            f"attempts={row['attempts']}  {row['reason']}"
+        )
+
+
+#: Parked signups are named `P<id>` on the command line, beside plain sync job ids.
+PARKED_PREFIX = "P"
 
 
 @failed.command("retry")
-@click.argument("job_ids", nargs=-1, type=int)
-@click.option("--all", "retry_all", is_flag=True, help="Replay every failed job.")
-def failed_retry(job_ids: tuple[int, ...], retry_all: bool) -> None:
-    """Replay failed jobs (by id, or --all)."""
+@click.argument("ids", nargs=-1)
+@click.option("--all", "retry_all", is_flag=True, help="Replay every failed job and parked signup.")
+def failed_retry(ids: tuple[str, ...], retry_all: bool) -> None:
+    """Replay failed sync jobs (by id) and parked signups (P<id>), or --all."""
     from worker import publish
     from worker.db import session_scope
     from worker.signups.flush import retry_failed
+    from worker.signups.parked import replay
 
     settings_or_exit()
-    if bool(job_ids) == retry_all:
-        raise BadInput("give job ids or --all (not both)")
+    if bool(ids) == retry_all:
+        raise BadInput("give ids (a sync job's, or P<id> of a parked signup) or --all, not both")
+    job_ids: list[int] = []
+    parked_ids: list[int] = []
+    for given in ids:
+        number = given[len(PARKED_PREFIX) :] if given.upper().startswith(PARKED_PREFIX) else given
+        if not number.isdigit() or not number.isascii():
+            raise BadInput(f"not an id: {given!r} (a sync job's id, or P<id> of a parked signup)")
+        (parked_ids if number != given else job_ids).append(int(number))
     with session_scope() as session:
-        count = retry_failed(session, None if retry_all else list(job_ids))
-    if not retry_all and count != len(set(job_ids)):
-        click.echo(f"note: only {count} of the given ids were failed jobs", err=True)
-    publish.FLUSH.request(force=True)
-    click.echo(f"{count} job(s) pending again")
+        jobs = retry_failed(session, None if retry_all else job_ids) if retry_all or job_ids else 0
+    replayed = 0
+    if retry_all or parked_ids:
+        with session_scope() as session:
+            replayed = replay(session, None if retry_all else parked_ids)
+    if not retry_all and jobs + replayed != len(set(job_ids)) + len(set(parked_ids)):
+        click.echo("note: some of the given ids were not failed jobs or parked signups", err=True)
+    if jobs:
+        publish.FLUSH.request(force=True)
+    click.echo(f"{jobs} job(s) pending again, {replayed} parked signup(s) queued again")

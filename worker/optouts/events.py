@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from worker.addresses import email_hash
@@ -20,6 +20,10 @@ FIRED_AT_FORMAT = "%Y-%m-%d %H:%M:%S"
 #: The shape of fired_at, ASCII digits only; the OpenAPI schema of the webhook says the same.
 FIRED_AT_PATTERN = r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
 _FIRED_AT = re.compile(FIRED_AT_PATTERN)
+#: Clocks drift, but an event Mailchimp fired later than this ahead of ours is refused: its
+#: date decides the order of a contact's changes, and one dated years ahead would pin the
+#: contact's status against every real event after it.
+MAX_CLOCK_SKEW = timedelta(hours=1)
 #: Fields never stored: the IPs Mailchimp echoes back (P4: no IP kept beside an address).
 UNSTORED_DATA_FIELDS = frozenset({"ip_opt", "ip_signup"})
 
@@ -89,7 +93,9 @@ def dedupe_key(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
-def validate_event(form: dict[str, Any], expected_list_id: str | None) -> ParsedEvent:
+def validate_event(
+    form: dict[str, Any], expected_list_id: str | None, *, now: datetime | None = None
+) -> ParsedEvent:
     """Check one parsed form against the shapes in docs/mailchimp.md; raises BadEvent."""
     kind = form.get("type")
     if not isinstance(kind, str) or not kind.strip():
@@ -98,6 +104,8 @@ def validate_event(form: dict[str, Any], expected_list_id: str | None) -> Parsed
     if len(kind) > 32:
         raise BadEvent("malformed", "type: longer than 32 characters")
     fired_at = parse_fired_at(form.get("fired_at"))
+    if fired_at > (now or datetime.now(UTC)) + MAX_CLOCK_SKEW:
+        raise BadEvent("fired_in_future", "fired_at: more than an hour ahead of this clock")
     data = form.get("data")
     if not isinstance(data, dict):
         raise BadEvent("malformed", "data: missing or not a group of data[...] fields")

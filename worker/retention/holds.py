@@ -16,6 +16,7 @@ from worker.models import (
     AuditEntry,
     Contact,
     Hold,
+    ParkedSignup,
     Submission,
     Suppression,
     SyncJob,
@@ -43,6 +44,7 @@ def is_known(session: Session, key: str) -> bool:
     """Whether anything at all is held under this email hash."""
     for stmt in (
         select(Contact.id).where(Contact.email_hash == key),
+        select(ParkedSignup.id).where(ParkedSignup.email_hash == key),
         select(Suppression.email_hash).where(Suppression.email_hash == key),
         select(WebhookEvent.id).where(WebhookEvent.email_hash == key),
         select(SyncJob.id).where(SyncJob.email_hash == key),

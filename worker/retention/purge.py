@@ -60,6 +60,7 @@ from worker.models import (
     EventState,
     Hold,
     JobState,
+    ParkedSignup,
     PurgeRun,
     Submission,
     SubmissionIP,
@@ -100,6 +101,7 @@ KINDS = (
     "webhook_payloads",
     "contacts",
     "purge_runs",
+    "parked_signups",
 )
 
 Progress = Callable[[str, int], None]
@@ -276,6 +278,20 @@ def _remove_runs(
     return {"purge_runs": _bulk(session, delete(PurgeRun).where(chunk, _due_run(s, now)))}
 
 
+def _due_parked(s: Schedule, now: datetime) -> ColumnElement[bool]:
+    return and_(
+        ParkedSignup.parked_at <= now - s.parked_signup_retention,
+        ~_hash_held(ParkedSignup.email_hash, now),
+    )
+
+
+def _remove_parked(
+    session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
+) -> dict[str, int]:
+    stmt = delete(ParkedSignup).where(chunk, _due_parked(s, now))
+    return {"parked_signups": _bulk(session, stmt)}
+
+
 STEPS = (
     Step("sync_jobs", SyncJob.id, _due_job, _remove_jobs),
     Step("submissions", Submission.id, _due_submission, _remove_submissions),
@@ -283,6 +299,7 @@ STEPS = (
     Step("webhook_payloads", WebhookEvent.id, _due_payload, _remove_payloads),
     Step("contacts", Contact.id, _due_contact, _remove_contacts),
     Step("purge_runs", PurgeRun.id, _due_run, _remove_runs),
+    Step("parked_signups", ParkedSignup.id, _due_parked, _remove_parked),
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from config import get_settings
+from worker.tomlfile import line_of
 
 DEFAULT_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "retention.toml"
 
@@ -21,6 +22,10 @@ DEFAULT_FILE = Path(__file__).resolve().parent.parent.parent / "config" / "reten
 #: periods are exact durations, so daylight-saving changes and leap days do not move them.
 _PERIOD = re.compile(r"^\s*(\d+)\s*([smhdw])(\s+after\s+synced)?\s*$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: The longest period accepted. Every due date is "now plus (or minus) a period" in Python
+#: and in the database: a period of thousands of years would overflow the date range there
+#: and fail every signup (or purge) that uses it, so it is refused when the file loads.
+MAX_PERIOD = timedelta(days=100 * 366)
 
 #: The [keep] table: what else the purge removes, and after how long. Defaults apply when a
 #: key is left out.
@@ -31,6 +36,7 @@ KEEP_DEFAULTS: dict[str, str] = {
     "failed_sync_jobs": "180d",  # failed outbox rows stay visible longer for ops
     "purge_runs": "400d",  # purge-run audit rows
     "opted_out_contacts": "30d",  # unsubscribed/cleaned, no submission left → suppression hash
+    "parked_signups": "30d",  # queued signups that could not be stored, from when parked
 }
 
 
@@ -55,28 +61,13 @@ class Schedule:
     failed_job_retention: timedelta = timedelta(days=180)
     purge_run_retention: timedelta = timedelta(days=400)
     opted_out_contact_retention: timedelta = timedelta(days=30)
+    parked_signup_retention: timedelta = timedelta(days=30)
     source: str = field(default="", compare=False)
     texts: dict[str, str] = field(default_factory=dict, compare=False)  # as written, for `show`
 
     def rule_for(self, form: str) -> Rule:
         """The rule of `form`; forms not listed fall back to the required `default` entry."""
         return self.forms.get(form, self.default)
-
-
-def _line_of(text: str, key: str, section: str | None = None) -> int:
-    """The line number of `key` (in `[section]`, or at the top level); 0 when not found."""
-    current: str | None = None
-    key_re = re.compile(rf"""^\s*(["']?){re.escape(key)}\1\s*=""")
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
-        if header:
-            current = header.group(1)
-            if section is not None and current == section and key == "":
-                return number
-            continue
-        if current == section and key and key_re.match(line):
-            return number
-    return 0
 
 
 def parse_period(value: object, *, allow_after_synced: bool) -> Rule:
@@ -92,7 +83,13 @@ def parse_period(value: object, *, allow_after_synced: bool) -> Rule:
         raise ValueError('"after synced" applies to forms only')
     if amount <= 0:
         raise ValueError("the period must be longer than zero")
-    return Rule(timedelta(**{_UNITS[unit]: amount}), after_synced=after)
+    try:
+        period = timedelta(**{_UNITS[unit]: amount})
+    except OverflowError:
+        period = MAX_PERIOD + timedelta(days=1)
+    if period > MAX_PERIOD:
+        raise ValueError("the period may be at most 100 years")
+    return Rule(period, after_synced=after)
 
 
 def parse_rule(value: object, where: str) -> Rule:
@@ -127,14 +124,14 @@ def parse_schedule(text: str, source: str) -> Schedule:
     for key in data:
         if key not in {"policy_version", "forms", "keep"}:
             raise fail(
-                _line_of(text, key),
+                line_of(text, key),
                 f"unknown key {key!r} (expected policy_version, [forms], [keep])",
             )
 
     version = data.get("policy_version")
     if not isinstance(version, str) or not version.strip() or len(version) > 32:
         raise fail(
-            _line_of(text, "policy_version"),
+            line_of(text, "policy_version"),
             "policy_version must be a non-empty string of at most 32 characters",
         )
 
@@ -147,20 +144,20 @@ def parse_schedule(text: str, source: str) -> Schedule:
         try:
             forms[name] = parse_period(value, allow_after_synced=True)
         except ValueError as exc:
-            raise fail(_line_of(text, name, "forms"), f"forms.{name}: {exc}") from None
+            raise fail(line_of(text, name, "forms"), f"forms.{name}: {exc}") from None
         texts[f"forms.{name}"] = str(value)
     if "default" not in forms:
-        raise fail(_line_of(text, "", "forms"), "[forms] needs a `default` entry")
+        raise fail(line_of(text, "", "forms"), "[forms] needs a `default` entry")
     default = forms.pop("default")
 
     keep_raw: Any = data.get("keep", {})
     if not isinstance(keep_raw, dict):
-        raise fail(_line_of(text, "keep"), "keep must be a table: [keep]")
+        raise fail(line_of(text, "keep"), "keep must be a table: [keep]")
     keep: dict[str, timedelta] = {}
     for name in keep_raw:
         if name not in KEEP_DEFAULTS:
             raise fail(
-                _line_of(text, name, "keep"),
+                line_of(text, name, "keep"),
                 f"unknown key keep.{name} (known: {', '.join(KEEP_DEFAULTS)})",
             )
     for name, fallback in KEEP_DEFAULTS.items():
@@ -168,7 +165,7 @@ def parse_schedule(text: str, source: str) -> Schedule:
         try:
             keep[name] = parse_period(value, allow_after_synced=False).period
         except ValueError as exc:
-            raise fail(_line_of(text, name, "keep"), f"keep.{name}: {exc}") from None
+            raise fail(line_of(text, name, "keep"), f"keep.{name}: {exc}") from None
         texts[f"keep.{name}"] = str(value)
 
     return Schedule(
@@ -181,6 +178,7 @@ def parse_schedule(text: str, source: str) -> Schedule:
         failed_job_retention=keep["failed_sync_jobs"],
         purge_run_retention=keep["purge_runs"],
         opted_out_contact_retention=keep["opted_out_contacts"],
+        parked_signup_retention=keep["parked_signups"],
         source=source,
         texts=texts,
     )

@@ -211,8 +211,11 @@ def build_message(
     return message
 
 
-def masked_repr(message: dict[str, Any]) -> str:
-    """What Flower shows of a signup message: the form and key, never the address."""
-    return repr(
-        {"message": {"v": message.get("v"), "form": message.get("form"), "email": "<masked>"}}
-    )
+def masked_repr(message: dict[str, Any], attempt: int = 0) -> str:
+    """What Flower shows of a signup message: the form and attempt, never the address."""
+    shown: dict[str, Any] = {
+        "message": {"v": message.get("v"), "form": message.get("form"), "email": "<masked>"}
+    }
+    if attempt:
+        shown["attempt"] = attempt
+    return repr(shown)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 from fastapi import FastAPI
 
-from worker.startup import check_config_files, freeze_startup_objects
+from worker.startup import ConfigFileError, check_config_files, freeze_startup_objects
 from worker.web import health, metrics, signups, webhooks
 
 
@@ -26,7 +28,13 @@ def create_app() -> FastAPI:
 def serve_app() -> FastAPI:
     """The app as `listsync web` serves it (uvicorn --factory, in each worker process): built,
     then everything alive at start-up hidden from the cycle collector, whose full passes
-    otherwise stall the event loop (worker/startup.py). Tests build theirs with create_app."""
-    app = create_app()
+    otherwise stall the event loop (worker/startup.py). Tests build theirs with create_app.
+
+    A bad forms or retention file stops the process with exit status 2."""
+    try:
+        app = create_app()
+    except ConfigFileError as exc:
+        print(f"invalid configuration file: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     freeze_startup_objects()
     return app

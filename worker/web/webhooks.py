@@ -117,6 +117,8 @@ class Answer:
 
 #: Exactly what an unknown route answers: nothing hints that a secret was wrong.
 _NOT_FOUND = Answer(404, {"detail": "Not Found"})
+#: The answer to Mailchimp's URL check, a GET or an empty POST.
+_URL_CHECKED = Answer(200, {"status": "ok"})
 
 
 async def _refuse(status: int, reason: str, detail: str) -> Answer:
@@ -168,7 +170,7 @@ async def check_url(secret: str) -> Response:
     """Mailchimp's URL check when the webhook is created."""
     if not secret_ok(secret):
         return (await _refuse(404, "unknown_secret", "")).response()
-    return JSONResponse({"status": "ok"})
+    return _URL_CHECKED.response()
 
 
 @router.post(
@@ -176,7 +178,8 @@ async def check_url(secret: str) -> Response:
     summary="Receive one Mailchimp list event",
     responses={
         **_RESPONSES,
-        400: {"description": "malformed form or event, or another audience"},
+        200: {"description": "stored, a duplicate, ignored; or the URL check (an empty body)"},
+        400: {"description": "malformed form or event, another audience, or dated ahead"},
         401: {"description": "missing, stale or invalid X-Mailchimp-Signature (when configured)"},
         413: {"description": f"body over {MAX_BODY_BYTES // 1024} KiB"},
         415: {"description": f"not {FORM_TYPE}"},
@@ -201,9 +204,6 @@ async def take(secret: str, headers: Mapping[str, str], chunks: AsyncIterator[by
     """Check one POSTed event and store it; the answer says what became of it."""
     if not secret_ok(secret):
         return await _refuse(404, "unknown_secret", "")
-    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != FORM_TYPE:
-        return await _refuse(415, "content_type", f"send {FORM_TYPE}")
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
         return await _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
@@ -213,6 +213,13 @@ async def take(secret: str, headers: Mapping[str, str], chunks: AsyncIterator[by
         if len(body) > MAX_BODY_BYTES:
             return await _refuse(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
     raw = bytes(body)
+    if not raw.strip():
+        # Mailchimp's URL check may come as an empty POST, with or without a content type:
+        # answered as the GET is, and nothing is stored.
+        return _URL_CHECKED
+    content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        return await _refuse(415, "content_type", f"send {FORM_TYPE}")
     problem = signature_problem(headers.get("x-mailchimp-signature"), raw)
     if problem is not None:
         return await _refuse(401, problem, "missing, stale or invalid X-Mailchimp-Signature")
