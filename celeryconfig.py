@@ -76,9 +76,17 @@ task_routes = {
     "listsync.sync.*": {"queue": "sync", "routing_key": "sync"},
     "listsync.optouts.*": {"queue": "optouts", "routing_key": "optouts"},
     "listsync.retention.*": {"queue": "maintenance", "routing_key": "maintenance"},
+    "listsync.feeds.*": {"queue": "maintenance", "routing_key": "maintenance"},
 }
 
-imports = ("tasks.lifecycle", "tasks.signups", "tasks.sync", "tasks.optouts", "tasks.retention")
+imports = (
+    "tasks.lifecycle",
+    "tasks.signups",
+    "tasks.sync",
+    "tasks.optouts",
+    "tasks.retention",
+    "tasks.feeds",
+)
 
 timezone = "UTC"
 enable_utc = True
@@ -94,6 +102,10 @@ beat_schedule = {
     "optouts-reconcile": {
         "task": "listsync.optouts.reconcile",
         "schedule": float(_settings.reconcile_interval_seconds),
+    },
+    "feeds-check": {
+        "task": "listsync.feeds.check",
+        "schedule": float(_settings.audience_check_seconds),
     },
     "retention-purge": {
         "task": "listsync.retention.purge",

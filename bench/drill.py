@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
 from bench._common import clean_env, raw_task_message, run_migrations, wait_for  # noqa: E402
 from bench._services import PrivatePostgres, PrivateRedis  # noqa: E402
 from worker.addresses import email_hash  # noqa: E402
-from worker.cli.processes import free_port, register_webhook  # noqa: E402
+from worker.cli.processes import emulator_audience, free_port, register_webhook  # noqa: E402
 from worker.emulator.process import EmulatorProcess  # noqa: E402
 from worker.publish import RECEIVE_TASK  # noqa: E402
 from worker.signups.message import build_message, masked_repr  # noqa: E402
@@ -950,6 +950,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
         db_url = postgres.url
         state_file = log_dir / "emulator-state.json"
         emu = stack.enter_context(EmulatorProcess("--state-file", str(state_file)))
+        emu.create_list(**emulator_audience(), default=True)  # as config/forms.toml expects
         emu.set_settings(
             webhook_retry={"timeout_s": 5, "first_delay_s": 2, "factor": 2, "max_attempts": 10}
         )

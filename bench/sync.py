@@ -555,6 +555,7 @@ def log_directory(keep: Path | None) -> Iterator[Path]:
 
 
 def run(args: argparse.Namespace) -> Report:
+    from worker.cli.processes import emulator_audience
     from worker.emulator.process import EmulatorProcess
 
     specs: list[WorkerSpec] = args.worker or [WorkerSpec.parse(DEFAULT_WORKER)]
@@ -572,6 +573,7 @@ def run(args: argparse.Namespace) -> Report:
         with log_directory(args.log_dir) as log_dir, pg_schema() as (db_url, schema):
             children = bench_children(log_dir)
             emu = EmulatorProcess()
+            emu.create_list(**emulator_audience(), default=True)  # as config/forms.toml expects
             engine = create_engine(
                 db_url, pool_size=2, connect_args={"application_name": "bench-sync-driver"}
             )

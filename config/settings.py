@@ -122,6 +122,11 @@ class Settings(BaseSettings):
 
     # --- schedules ----------------------------------------------------------------------
     reconcile_interval_seconds: int = Field(default=900, ge=10)
+    audience_check_seconds: int = Field(
+        default=900,
+        ge=10,
+        description="How often beat checks the forms against the audience (`listsync check`).",
+    )
     purge_hour_utc: int = Field(default=3, ge=0, le=23)
     purge_minute_utc: int = Field(default=15, ge=0, le=59)
     retention_file: Path | None = Field(

@@ -11,6 +11,7 @@ from typing import Any
 
 from celery.signals import beat_init, worker_init, worker_process_init, worker_ready
 
+from worker import publish
 from worker.db import dispose_engines
 from worker.optouts.inbox import on_worker_start
 from worker.startup import ConfigFileError, check_config_files, freeze_startup_objects
@@ -36,5 +37,6 @@ def _check_config_files(**_: Any) -> None:
 
 
 @worker_ready.connect
-def _apply_what_a_killed_worker_left(**_: Any) -> None:
-    on_worker_start()
+def _catch_up(**_: Any) -> None:
+    on_worker_start()  # events a killed worker left pending
+    publish.CHECK.request()  # the forms against the audience, as it is now

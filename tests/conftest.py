@@ -312,13 +312,15 @@ def audience(
     emulator_process: object, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Audience]:
     from config import get_settings
+    from worker.cli.processes import emulator_audience
     from worker.emulator.process import EmulatorProcess
 
     emu = emulator_process
     assert isinstance(emu, EmulatorProcess)
     emu.reset_faults()
     emu.reset_counters()
-    list_id = emu.create_list()
+    # Shaped as `listsync run` shapes the emulator's audience: what config/forms.toml expects.
+    list_id = emu.create_list(**emulator_audience())
     env = {
         "LISTSYNC_MAILCHIMP_API_KEY": emu.api_key,
         "LISTSYNC_MAILCHIMP_BASE_URL": emu.base_url,

@@ -89,6 +89,48 @@ class MemberResult:
     reason: str | None = None  # reason code when not ok
     permanent: bool = True
     exists: bool = False  # the member already existed (batch ERROR_CONTACT_EXISTS)
+    #: The member's tags after the call, when the answer said (a PUT's does).
+    tags: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class MemberExtras:
+    """What a form's feed adds to a member write besides address, status and merge fields:
+    tags (they count only when the write creates the member), groups to switch on, a
+    language, and GDPR marketing permissions to enable. Nothing here ever switches a group
+    or a permission off, and nothing here is a status."""
+
+    tags: tuple[str, ...] = ()
+    interests: tuple[str, ...] = ()  # interest ids
+    language: str | None = None
+    permissions: tuple[str, ...] = ()  # marketing permission ids
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.tags:
+            out["tags"] = list(self.tags)
+        if self.interests:
+            out["interests"] = dict.fromkeys(self.interests, True)
+        if self.language:
+            out["language"] = self.language
+        if self.permissions:
+            out["marketing_permissions"] = [
+                {"marketing_permission_id": pid, "enabled": True} for pid in self.permissions
+            ]
+        return out
+
+
+NO_EXTRAS = MemberExtras()
+
+
+@dataclass(frozen=True)
+class BatchMember:
+    """One member of a batch subscribe: created with `status`, or reported as existing."""
+
+    email: str
+    merge_fields: dict[str, Any]
+    status: str
+    extras: MemberExtras = NO_EXTRAS
 
 
 @dataclass
@@ -130,6 +172,10 @@ def classify_problem(status: int, problem: dict[str, Any]) -> MailchimpError:
     if title == "Forgotten Email Not Subscribed":
         return PermanentError("forgotten", status)
     if title == "Invalid Resource":
+        if "invalid interest" in detail:
+            return PermanentError("unknown_interest", status)
+        if "marketing permission" in detail:
+            return PermanentError("unknown_permission", status)
         if "fake" in detail or ("invalid" in detail and "email" in detail):
             return PermanentError("fake_or_invalid", status)
         if "signed up to a lot of lists" in detail:
@@ -356,6 +402,53 @@ class Gateway:
             self._list_settings = (time.monotonic(), data)
         return data
 
+    def audience_shape(self) -> dict[str, Any]:
+        """The audience as the forms are checked against it: its settings (double opt-in,
+        GDPR), merge fields, interest categories with their interests, and the marketing
+        permissions (read from one member: Mailchimp lists them nowhere else)."""
+        settings = self.call(
+            "lists.get",
+            lambda: self.client.lists.get_list(
+                self.list_id, fields=["id", "double_optin", "marketing_permissions"]
+            ),
+        )
+        merge_fields = self.call(
+            "lists.merge_fields",
+            lambda: self.client.lists.get_list_merge_fields(self.list_id, count=1000),
+        )
+        categories = self.call(
+            "lists.interest_categories",
+            lambda: self.client.lists.get_list_interest_categories(self.list_id, count=1000),
+        )
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for category in categories.get("categories") or []:
+            cid = str(category.get("id"))
+            interests = self.call(
+                "lists.interests",
+                lambda cid=cid: self.client.lists.list_interest_category_interests(  # type: ignore[misc]
+                    self.list_id, cid, count=1000
+                ),
+            )
+            groups[cid] = list(interests.get("interests") or [])
+        permissions: list[dict[str, Any]] | None = None
+        if settings.get("marketing_permissions"):
+            page = self.call(
+                "members.list",
+                lambda: self.client.lists.get_list_members_info(
+                    self.list_id, count=1, fields=["members.marketing_permissions"]
+                ),
+            )
+            members = page.get("members") or []
+            permissions = list(members[0].get("marketing_permissions") or []) if members else None
+        return {
+            "double_optin": bool(settings.get("double_optin")),
+            "marketing_permissions": bool(settings.get("marketing_permissions")),
+            "merge_fields": list(merge_fields.get("merge_fields") or []),
+            "categories": list(categories.get("categories") or []),
+            "interests": groups,
+            "permissions": permissions,
+        }
+
     def status_if_new(self) -> str:
         double_optin = self.settings.double_optin
         if double_optin is None:
@@ -371,10 +464,15 @@ class Gateway:
         status_if_new: str,
         *,
         status: str | None = None,
+        extras: MemberExtras = NO_EXTRAS,
     ) -> MemberResult:
         """PUT one member. `status` only for an explicit re-confirmation (pending)."""
         key = email_hash(email)
-        body: dict[str, Any] = {"email_address": email, "status_if_new": status_if_new}
+        body: dict[str, Any] = {
+            "email_address": email,
+            "status_if_new": status_if_new,
+            **extras.body(),
+        }
         if status is not None:
             body["status"] = status
         if merge_fields:
@@ -387,22 +485,26 @@ class Gateway:
         except MailchimpError as exc:
             return MemberResult(key, ok=False, reason=exc.reason, permanent=exc.permanent)
         member_status = data.get("status") if isinstance(data, dict) else None
-        return MemberResult(key, ok=True, status=member_status)
+        return MemberResult(key, ok=True, status=member_status, tags=_tag_names(data))
 
-    def batch_subscribe(
-        self, members: Sequence[tuple[str, dict[str, Any]]], status: str
-    ) -> BatchResult:
+    def batch_subscribe(self, members: Sequence[BatchMember]) -> BatchResult:
         """Batch-subscribe up to 500 NEW members; existing ones come back as `exists`.
 
-        `update_existing` stays false, so the batch never changes an existing member: the
-        `status` field here only ever applies to members the call creates (invariant 2).
+        `update_existing` stays false, so the batch never changes an existing member: each
+        member's `status` only ever applies to a member the call creates (invariant 2), and
+        so do its tags, groups, language and permissions.
         """
         if not members or len(members) > MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} members, not {len(members)}")
         body = {
             "members": [
-                {"email_address": email, "status": status, **({"merge_fields": mf} if mf else {})}
-                for email, mf in members
+                {
+                    "email_address": m.email,
+                    "status": m.status,
+                    **({"merge_fields": m.merge_fields} if m.merge_fields else {}),
+                    **m.extras.body(),
+                }
+                for m in members
             ],
             "update_existing": False,
         }
@@ -426,6 +528,19 @@ class Gateway:
                 exists=problem.reason == "exists",
             )
         return out
+
+    def add_tags(self, email_hash_: str, tags: Sequence[str]) -> MemberResult:
+        """Tag an existing member (`status: active`; tags it has keep theirs). Never removes
+        a tag and never changes the member's status."""
+        body = {"tags": [{"name": name, "status": "active"} for name in tags]}
+        try:
+            self.call(
+                "members.tags",
+                lambda: self.client.lists.update_list_member_tags(self.list_id, email_hash_, body),
+            )
+        except MailchimpError as exc:
+            return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
+        return MemberResult(email_hash_, ok=True)
 
     def update_member(self, email_hash_: str, merge_fields: dict[str, Any]) -> MemberResult:
         """PATCH merge fields of an existing member; never touches status."""
@@ -503,6 +618,13 @@ class Gateway:
 
 def _status_of(data: Any) -> str | None:
     return data.get("status") if isinstance(data, dict) else None
+
+
+def _tag_names(data: Any) -> frozenset[str] | None:
+    tags = data.get("tags") if isinstance(data, dict) else None
+    if not isinstance(tags, list):
+        return None
+    return frozenset(str(t.get("name")) for t in tags if isinstance(t, dict))
 
 
 _gateways: dict[tuple[int, str], Gateway] = {}

@@ -324,6 +324,23 @@ class ParkedSignup(Base):
         return f"<ParkedSignup id={self.id} error={self.error}>"
 
 
+class AudienceCheck(Base):
+    """The last check of the forms against the audience (one row): the audience's shape as
+    last read, each form's problems, and why the latest reading failed, if it did. While
+    Mailchimp cannot be reached the last good result stands."""
+
+    __tablename__ = "audience_check"
+    SINGLE_ROW: ClassVar[int] = 1
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    attempted_at: Mapped[datetime]
+    checked_at: Mapped[datetime | None]  # the last reading that succeeded
+    schema: Mapped[dict[str, Any] | None]
+    #: form name -> its problems ({key, code, message, severity}); no personal data.
+    problems: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(String(64))
+
+
 class AuditEntry(Base):
     """Who asked for what: holds, exports with IPs, erasures, corrections. No PII."""
 
@@ -348,6 +365,7 @@ class Watermark(Base):
 
 __all__ = [
     "OPTED_OUT",
+    "AudienceCheck",
     "AuditEntry",
     "Base",
     "ChangeSource",

@@ -28,6 +28,7 @@ APPLY_TASK = "listsync.optouts.apply"
 OPTOUTS_SWEEP_TASK = "listsync.optouts.sweep"
 RECONCILE_TASK = "listsync.optouts.reconcile"
 PURGE_TASK = "listsync.retention.purge"
+CHECK_TASK = "listsync.feeds.check"
 
 #: A signup message the database could not take is published again, due after 5 s, then
 #: 10, 20, ... doubling with each attempt up to a cap.
@@ -115,3 +116,5 @@ class Nudge:
 
 FLUSH = Nudge("listsync:sync:flush-requested", FLUSH_TASK)
 APPLY = Nudge("listsync:optouts:apply-requested", APPLY_TASK)
+#: Workers starting together ask for one check of the forms against the audience.
+CHECK = Nudge("listsync:feeds:check-requested", CHECK_TASK, seconds=60)

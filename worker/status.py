@@ -18,7 +18,18 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from worker import metrics
-from worker.models import EventState, JobState, PurgeRun, SyncJob, Watermark, WebhookEvent, utcnow
+from worker.feeds.check import held_forms
+from worker.models import (
+    AudienceCheck,
+    EventState,
+    JobState,
+    ParkedSignup,
+    PurgeRun,
+    SyncJob,
+    Watermark,
+    WebhookEvent,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +104,20 @@ def failed_reasons(session: Session, limit: int = TOP_REASONS) -> list[tuple[str
             text = text[: _REASON_WIDTH - 1] + "…"
         reasons.append((text, int(n)))
     return reasons
+
+
+def parked_count(session: Session) -> int:
+    """Queued signups parked because they could not be stored (`listsync failed list`)."""
+    return int(session.scalar(select(func.count()).select_from(ParkedSignup)) or 0)
+
+
+def forms_check(session: Session) -> dict[str, Any]:
+    """The last check of the forms against the audience: when, why it failed (if it did),
+    and the forms whose sync waits, with the code of their first problem."""
+    row = session.get(AudienceCheck, AudienceCheck.SINGLE_ROW)
+    if row is None:
+        return {"checked_at": None, "error": None, "waiting": {}}
+    return {"checked_at": row.checked_at, "error": row.error, "waiting": held_forms(row.problems)}
 
 
 def inbox_counts(session: Session) -> dict[str, int]:
@@ -199,6 +224,8 @@ class Status:
     intake_rejects_last_hour: dict[str, int]
     mailchimp_in_flight: int
     mailchimp_cap: int
+    parked: int = 0
+    forms: dict[str, Any] | None = None
 
     @property
     def failed(self) -> int:
@@ -230,6 +257,12 @@ class Status:
             "webhook_rejects_last_hour": self.webhook_rejects_last_hour,
             "intake_rejects_last_hour": self.intake_rejects_last_hour,
             "mailchimp": {"in_flight": self.mailchimp_in_flight, "cap": self.mailchimp_cap},
+            "parked_signups": self.parked,
+            "forms_check": {
+                "checked_at": _iso((self.forms or {}).get("checked_at")),
+                "error": (self.forms or {}).get("error"),
+                "waiting": (self.forms or {}).get("waiting", {}),
+            },
         }
 
 
@@ -249,4 +282,6 @@ def gather_status(session: Session, client: redis.Redis) -> Status:
         intake_rejects_last_hour=recent_rejects("intake_rejected_total"),
         mailchimp_in_flight=mailchimp_in_flight(),
         mailchimp_cap=get_settings().mailchimp_concurrency,
+        parked=parked_count(session),
+        forms=forms_check(session),
     )

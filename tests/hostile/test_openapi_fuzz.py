@@ -20,7 +20,8 @@ SIGNUPS = "POST /v1/signups"
 HOOK_POST = f"POST {WEBHOOK}{{secret}}"
 HOOK_GET = f"GET {WEBHOOK}{{secret}}"
 PROBES = ["GET /healthz", "GET /readyz", "GET /metrics"]
-ALL = [SIGNUPS, HOOK_POST, HOOK_GET, *PROBES]
+SIGNUP_STATE = "GET /v1/signups/{key}"
+ALL = [SIGNUPS, SIGNUP_STATE, HOOK_POST, HOOK_GET, *PROBES]
 FORMS = ["newsletter_signup", "contact_form", "survey"]
 #: The fields that make a webhook body a complete event of its type.
 WHOLE_EVENTS = [
@@ -116,7 +117,7 @@ def test_signup_intake_never_fails_or_leaks_and_refusals_write_nothing(
     def after(case: Any, response: Any, before: dict[str, int]) -> None:
         now = counts()
         if response.status_code == 202:
-            assert set(response.json()) == {"submission_id", "created"}
+            assert set(response.json()) == {"key", "submission_id", "created", "state"}
             return
         assert response.status_code in {401, 413, 415, 422}
         grew = {k for k in now if now[k] != before[k]}
@@ -181,6 +182,21 @@ def test_webhook_url_check_answers_200_or_a_plain_404(app: Any) -> None:
         assert counts() == before
 
     fuzz(load(app)[f"{WEBHOOK}{{secret}}"]["GET"], GenerationMode.POSITIVE, prepare, after)
+
+
+def test_signup_state_answers_only_with_a_token_and_never_fails(app: Any) -> None:
+    authorized: list[bool] = []
+
+    def prepare(case: Any, valid: bool, data: st.DataObject) -> dict[str, str]:
+        authorized.append(valid)
+        return {"Authorization": f"Bearer {TOKEN if valid else TOKEN[:-1]}"}
+
+    def after(case: Any, response: Any, before: dict[str, int]) -> None:
+        # Nothing is stored under any key here: 404 with the token, 401 without.
+        assert response.status_code == (404 if authorized[-1] else 401)
+        assert counts() == before
+
+    fuzz(load(app)["/v1/signups/{key}"]["GET"], GenerationMode.POSITIVE, prepare, after)
 
 
 @pytest.mark.parametrize("label", PROBES)

@@ -46,7 +46,12 @@ def test_repeat_with_the_same_idempotency_key_returns_the_same_id(client: TestCl
     message = build_message("twice@trust.org", "newsletter_signup", idempotency_key="form-77-abc")
     first = client.post("/v1/signups", json=message, headers=AUTH).json()
     second = client.post("/v1/signups", json=message, headers=AUTH).json()
-    assert second == {"submission_id": first["submission_id"], "created": False}
+    assert second == {
+        "key": "form-77-abc",
+        "submission_id": first["submission_id"],
+        "created": False,
+        "state": "stored",
+    }
     assert rows()["submission"] == 1
 
 

@@ -6,6 +6,7 @@ import click
 
 from worker.cli.common import run_cli
 from worker.cli.db import db
+from worker.cli.feeds import check
 from worker.cli.ops import flower, status
 from worker.cli.processes import beat, run, web, worker
 from worker.cli.retention import hold, purge, retention
@@ -22,7 +23,7 @@ def cli() -> None:
 
 
 for command in (
-    *(run, worker, beat, web, db, enqueue, failed, emulator, status, flower, webhook),
+    *(run, worker, beat, web, db, check, enqueue, failed, emulator, status, flower, webhook),
     *(retention, purge, hold, export, correct, erase),
 ):
     cli.add_command(command)

@@ -82,6 +82,13 @@ def status(as_json: bool) -> None:
     out.print("[bold]Queues[/bold] (messages waiting)", _pairs(report.queues, "none"))
     out.print(f"  taken by a worker, not yet acked: {report.unacked}\n")
     out.print("[bold]Sync jobs[/bold]", _pairs(report.jobs, "none"))
+    forms = report.forms or {}
+    for form, code in forms.get("waiting", {}).items():
+        out.print(f"  [yellow]form {form} waits: its feed disagrees with the audience ({code});")
+        out.print("    its signups are kept; `listsync check` says what to fix[/yellow]")
+    if forms.get("error"):
+        out.print(f"  last check of the forms could not read Mailchimp: {forms['error']}")
+    out.print(f"  parked signups: {report.parked} (`listsync failed list`)")
     out.print(f"  oldest pending: {_when(oldest, report.age(oldest))}\n")
     out.print(
         f"[bold]Failed jobs[/bold]: {report.failed}; top reasons",

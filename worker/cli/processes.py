@@ -15,9 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 
@@ -229,6 +231,7 @@ def run(port: int | None) -> None:
         try:
             env, emulated = _embedded_defaults(settings, stack)
             _run_migrations(env)
+            _check_forms(env)
             _start_all(children, settings, env, web_port)
             _wait_for_web(settings.web_host, web_port, children)
             if emulated:
@@ -277,12 +280,13 @@ def _embedded_defaults(
     if emulated:
         from worker.emulator.process import EmulatorProcess
 
-        emu = stack.enter_context(EmulatorProcess(lists=_given(settings.mailchimp_list_id)))
+        emu = stack.enter_context(EmulatorProcess())
+        list_id = emu.create_list(settings.mailchimp_list_id, **emulator_audience())
         env["LISTSYNC_MAILCHIMP_API_KEY"] = emu.api_key
         env["LISTSYNC_MAILCHIMP_BASE_URL"] = emu.base_url
-        env["LISTSYNC_MAILCHIMP_LIST_ID"] = emu.list_id
+        env["LISTSYNC_MAILCHIMP_LIST_ID"] = list_id
         _say(
-            f"mailchimp: EMULATOR at {emu.base_url}, audience {emu.list_id} "
+            f"mailchimp: EMULATOR at {emu.base_url}, audience {list_id} "
             "(LISTSYNC_MAILCHIMP_API_KEY unset; nothing reaches real Mailchimp)"
         )
     else:
@@ -345,8 +349,27 @@ def _wait_for_web(host: str, port: int, children: Children, timeout: float = 60.
     raise ListsyncError(f"the web app did not answer on {host}:{port} within {timeout:.0f}s")
 
 
-def _given(value: str | None) -> tuple[str, ...]:
-    return (value,) if value else ()
+EMULATOR_AUDIENCE = Path(__file__).resolve().parents[2] / "config" / "emulator-audience.toml"
+
+
+def emulator_audience() -> dict[str, Any]:
+    """How `run` shapes the emulator's audience (config/emulator-audience.toml), as keyword
+    arguments of EmulatorProcess.create_list."""
+    shape = tomllib.loads(EMULATOR_AUDIENCE.read_text(encoding="utf-8"))
+    return {
+        "double_optin": bool(shape.get("double_optin", False)),
+        "merge_fields": list(shape.get("merge_fields", [])),
+        "interest_categories": list(shape.get("interest_categories", [])),
+        "marketing_permissions": list(shape.get("marketing_permissions", [])),
+    }
+
+
+def _check_forms(env: dict[str, str]) -> None:
+    """`listsync check`, shown as it starts: forms that disagree with the audience wait (their
+    signups are kept) until fixed, so the run goes on either way."""
+    result = subprocess.run([sys.executable, "-m", "worker.cli", "check"], env=env, check=False)
+    if result.returncode != 0:
+        _say("forms: some disagree with the audience (above); their sync waits until fixed")
 
 
 def _run_migrations(env: dict[str, str]) -> None:

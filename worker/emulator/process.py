@@ -261,8 +261,10 @@ class EmulatorProcess:
         merge_fields: list[dict[str, Any]] | None = None,
         interest_categories: list[dict[str, Any]] | None = None,
         marketing_permissions: list[str] | None = None,
+        default: bool = False,
     ) -> str:
-        """Create an audience and return its id. ``merge_fields``: merge-field bodies as the
+        """Create an audience and return its id; with ``default``, later calls that name no
+        audience use it. ``merge_fields``: merge-field bodies as the
         API takes them (``{"tag", "name", "type", "required", "default_value", "options"}``,
         ``choices`` allowed at the top); one naming FNAME or LNAME redefines it.
         ``interest_categories``: ``{"title", "type", "interests": [name, ...]}``.
@@ -276,7 +278,10 @@ class EmulatorProcess:
         if marketing_permissions is not None:
             body["marketing_permissions"] = marketing_permissions
         created = str(self._call("POST", "/lists", body)["id"])
-        self.list_ids.append(created)
+        if default:
+            self.list_ids.insert(0, created)
+        else:
+            self.list_ids.append(created)
         return created
 
     def audience(self, list_id: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -26,7 +26,12 @@ from sqlalchemy.orm import Session
 from config import get_settings
 from worker import metrics, publish
 from worker.db import session_scope
-from worker.mailchimp import Gateway, MailchimpError, MemberResult, get_gateway
+from worker.feeds.check import HELD_PREFIX, current_held_forms, run_check
+from worker.feeds.member import Feed, Unresolved, feed_of
+from worker.feeds.member import merged as merged_feeds
+from worker.feeds.schema import AudienceSchema, current_schema
+from worker.forms import Form, get_forms
+from worker.mailchimp import BatchMember, Gateway, MailchimpError, MemberResult, get_gateway
 from worker.models import (
     OPTED_OUT,
     ChangeSource,
@@ -93,6 +98,12 @@ class Send:
     resubscribe: bool = False
     #: Never synced (local status `new`): may go into a batch subscribe.
     is_new: bool = True
+    #: What the signups' forms add to the write (tags, groups, language, permissions).
+    feeds: list[Feed] = field(default_factory=list)
+
+    @property
+    def feed(self) -> Feed:
+        return merged_feeds(self.feeds)
 
 
 @dataclass
@@ -101,23 +112,32 @@ class Plan:
     updates: dict[str, Send] = field(default_factory=dict)
     erases: dict[str, list[int]] = field(default_factory=dict)
     settled: dict[int, Outcome] = field(default_factory=dict)  # decided without a call
+    #: Jobs whose form names a group or permission the audience lacks: job id -> code.
+    unresolved: dict[int, str] = field(default_factory=dict)
 
 
 # --- claim ------------------------------------------------------------------------------
 
 
-def claim(session: Session, limit: int, now: datetime) -> list[int]:
-    """Move up to `limit` due pending jobs to in_flight; returns their ids.
+def claim(session: Session, limit: int, now: datetime, held: Collection[str] = ()) -> list[int]:
+    """Move up to `limit` due pending jobs to in_flight; returns their ids. The upserts of
+    `held` forms (their feed disagrees with the audience: worker/feeds/check.py) wait.
 
     Two statements on purpose: PostgreSQL may re-run an `IN (SELECT ... LIMIT n FOR UPDATE
     SKIP LOCKED)` subquery per row and so claim far more than n. The ids are locked by the
     select; the update re-checks the state, which is what keeps two SQLite claimers (which
     ignore FOR UPDATE, but write one at a time) from claiming the same job.
     """
+    stmt = select(SyncJob.id).where(
+        SyncJob.state == JobState.PENDING, SyncJob.next_attempt_at <= now
+    )
+    if held:
+        held_submissions = select(Submission.id).where(Submission.form.in_(held))
+        stmt = stmt.where(
+            or_(SyncJob.kind != JobKind.UPSERT, ~SyncJob.submission_id.in_(held_submissions))
+        )
     due = session.scalars(
-        select(SyncJob.id)
-        .where(SyncJob.state == JobState.PENDING, SyncJob.next_attempt_at <= now)
-        .order_by(SyncJob.next_attempt_at, SyncJob.id)
+        stmt.order_by(SyncJob.next_attempt_at, SyncJob.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
@@ -155,10 +175,24 @@ def contacts_of(session: Session, jobs: Sequence[SyncJob]) -> Callable[[SyncJob]
     return contact_of
 
 
-def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) -> Plan:
+def plan(
+    session: Session,
+    job_ids: Sequence[int],
+    resubscribe_allowed: bool,
+    schema: AudienceSchema | None = None,
+) -> Plan:
     """Decide what to send for each claimed job. Pure reads; no call is made here."""
     jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(job_ids))).all()
     contact_of = contacts_of(session, jobs)
+    submitted = {
+        sid: (form, fields)
+        for sid, form, fields in session.execute(
+            select(Submission.id, Submission.form, Submission.fields).where(
+                Submission.id.in_({j.submission_id for j in jobs if j.submission_id is not None})
+            )
+        )
+    }
+    forms = get_forms()
     hashes = {job.email_hash for job in jobs}
     hashes |= {c.email_hash for c in map(contact_of, jobs) if c is not None}
     erased = set(
@@ -198,12 +232,35 @@ def plan(session: Session, job_ids: Sequence[int], resubscribe_allowed: bool) ->
             if not resubscribe:
                 out.settled[job.id] = Outcome(JobState.SUPPRESSED, f"opted_out:{contact.status}")
                 continue
+        form_name, fields = submitted.get(job.submission_id or 0, ("", {}))
+        form = forms.get(form_name)
+        feed = None
+        if form is not None:
+            try:
+                feed = feed_of(form, fields, schema)
+            except Unresolved as exc:
+                out.unresolved[job.id] = exc.code
+                continue
         send = out.upserts.setdefault(
             key, Send(key, contact.email, merge, is_new=contact.status == ContactStatus.NEW)
         )
+        if form is not None:
+            send.merge_fields.update(_defaults(form, contact, allowed_tags))
+        if feed is not None:
+            send.feeds.append(feed)
         send.resubscribe = send.resubscribe or resubscribe
         send.job_ids.append(job.id)
     return out
+
+
+def _defaults(form: Form, contact: Contact, allowed: Collection[str]) -> dict[str, str]:
+    """The form's merge defaults for the fields the person has no value for here: a default
+    never overwrites what someone entered."""
+    return {
+        tag: value
+        for tag, value in form.merge_defaults.items()
+        if tag in allowed and contact.merge_fields.get(tag) in (None, "")
+    }
 
 
 # --- send -------------------------------------------------------------------------------
@@ -262,11 +319,40 @@ def send(
             outcomes[job_id] = Outcome(None, reason)
         return True
 
-    def call(job_ids: list[int], make: Callable[[], MemberResult]) -> None:
+    def call(job_ids: list[int], make: Callable[[], MemberResult]) -> MemberResult | None:
         """One call for one member, unless the flush is deferring."""
-        if not deferred(job_ids):
-            report.calls += 1
-            settle(job_ids, outcome_of(make()))
+        if deferred(job_ids):
+            return None
+        report.calls += 1
+        result = make()
+        settle(job_ids, outcome_of(result))
+        return result
+
+    def upsert(s: Send, status_if_new: str, status: str | None = None) -> None:
+        """PUT the member; then the tags the PUT could not set, should it already exist."""
+        feed = s.feed.extras
+        result = call(
+            s.job_ids,
+            partial(
+                gateway.upsert_member,
+                s.email,
+                s.merge_fields,
+                status_if_new,
+                status=status,
+                extras=feed,
+            ),
+        )
+        missing = [t for t in feed.tags if result is not None and t not in (result.tags or ())]
+        if result is None or not result.ok or result.status in OPTED_OUT or not missing:
+            return
+        # The member existed, so the PUT's tags did not count. Only a failure here changes
+        # the jobs' outcome: the PUT's (and the status it learned) stands otherwise.
+        if deferred(s.job_ids):
+            return
+        report.calls += 1
+        tagged = gateway.add_tags(s.email_hash, missing)
+        if not tagged.ok:
+            settle(s.job_ids, outcome_of(tagged))
 
     # Only members we never synced go into a batch (whose `status` applies to members it
     # creates): one Mailchimp already knows gets a PUT with `status_if_new` only, so no
@@ -274,7 +360,16 @@ def send(
     plain = [s for s in work.upserts.values() if not s.resubscribe and s.is_new]
     singles = [s for s in work.upserts.values() if not s.resubscribe and not s.is_new]
     confirm = [s for s in work.upserts.values() if s.resubscribe]
-    status_if_new = gateway.status_if_new() if work.upserts else "subscribed"
+    rule: list[str] = []  # the global rule's status, read from the audience once if needed
+
+    def status_if_new(s: Send) -> str:
+        double_optin = s.feed.double_optin
+        if double_optin is not None:
+            return "pending" if double_optin else "subscribed"
+        if not rule:
+            rule.append(gateway.status_if_new())
+        return rule[0]
+
     if len(plain) == 1:
         singles += plain
     elif plain:
@@ -282,11 +377,12 @@ def send(
             chunk = plain[start : start + batch_size]
             if deferred(j for s in chunk for j in s.job_ids):
                 continue
+            members = [
+                BatchMember(s.email, s.merge_fields, status_if_new(s), s.feed.extras) for s in chunk
+            ]
             report.calls += 1
             try:
-                batch = gateway.batch_subscribe(
-                    [(s.email, s.merge_fields) for s in chunk], status_if_new
-                )
+                batch = gateway.batch_subscribe(members)
             except MailchimpError as exc:
                 for s in chunk:
                     settle(s.job_ids, outcome_of(_failed(s, exc)))
@@ -300,14 +396,11 @@ def send(
                 else:
                     settle(s.job_ids, outcome_of(result))
     for s in singles:
-        call(s.job_ids, partial(gateway.upsert_member, s.email, s.merge_fields, status_if_new))
+        upsert(s, status_if_new(s))
     for s in confirm:
         # A new, explicit consent after an opt-out, with re-confirmation switched on: ask
         # Mailchimp to email a confirmation. It may refuse; that ends the job suppressed.
-        call(
-            s.job_ids,
-            partial(gateway.upsert_member, s.email, s.merge_fields, "pending", status="pending"),
-        )
+        upsert(s, "pending", status="pending")
     for s in work.updates.values():
         call(s.job_ids, partial(gateway.update_member, s.email_hash, s.merge_fields))
     for key, job_ids in work.erases.items():
@@ -420,17 +513,25 @@ def flush(limit: int | None = None) -> FlushReport:
     report = FlushReport()
     publish.FLUSH.clear()
     with session_scope() as session:
-        job_ids = claim(session, limit, utcnow())
+        job_ids = claim(session, limit, utcnow(), current_held_forms())
     report.claimed = len(job_ids)
     if not job_ids:
         return report
     if len(job_ids) == limit:
         publish.FLUSH.request(force=True)  # more may be waiting: let another flusher start now
-    with session_scope() as session:
-        work = plan(session, job_ids, settings.resubscribe_with_confirmation)
     outcomes: dict[int, Outcome] = {}
     try:
-        send(get_gateway(), work, settings.sync_batch_size, report, outcomes)
+        gateway = get_gateway()
+        work = _plan(job_ids, settings.resubscribe_with_confirmation, current_schema())
+        if work.unresolved:
+            # Never read yet, or a group or permission renamed in Mailchimp since: read the
+            # audience again (and check every form against it) before calling it unknown.
+            checked = run_check(gateway)
+            work = _plan(job_ids, settings.resubscribe_with_confirmation, checked.schema)
+            for job_id, code in work.unresolved.items():
+                # Mailchimp away: that is the reason, and it passes.
+                work.settled[job_id] = Outcome(None, checked.error or f"{HELD_PREFIX}{code}")
+        send(gateway, work, settings.sync_batch_size, report, outcomes)
     except Exception as exc:
         # Mailchimp could not be reached at all (audience settings unreadable, cap wait), or
         # anything else went wrong (a bug, Redis away mid-flush): what was sent is recorded,
@@ -454,6 +555,11 @@ def flush(limit: int | None = None) -> FlushReport:
         report.calls,
     )
     return report
+
+
+def _plan(job_ids: Sequence[int], resubscribe: bool, schema: AudienceSchema | None) -> Plan:
+    with session_scope() as session:
+        return plan(session, job_ids, resubscribe, schema)
 
 
 @dataclass

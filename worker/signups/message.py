@@ -26,7 +26,9 @@ from pydantic import (
 )
 
 from worker.addresses import InvalidAddress, email_hash, normalize_email
-from worker.forms import Form, get_forms
+from worker.feeds.schema import AudienceSchema
+from worker.feeds.values import problem as value_problem
+from worker.forms import LANGUAGE_PATTERN, Form, get_forms
 from worker.models import utcnow
 
 MESSAGE_VERSION = 1
@@ -34,11 +36,21 @@ MAX_FIELDS = 50
 MAX_FIELD_CHARS = 5000
 #: Clocks drift; a signup "submitted" further ahead than this is refused as malformed.
 MAX_CLOCK_SKEW = timedelta(hours=1)
+MAX_CHOICES = 20
 
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
-def _field_value(value: Any) -> str | bool | int | float | None:
+def _field_value(value: Any) -> str | bool | int | float | list[str] | None:
+    if isinstance(value, list):
+        # Several choices of one field (checkboxes): a few short texts, e.g. groups by name.
+        if len(value) > MAX_CHOICES or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"a list may hold at most {MAX_CHOICES} texts")
+        return [str(_text_value(v)) for v in value]
+    return _text_value(value)
+
+
+def _text_value(value: Any) -> str | bool | int | float | None:
     if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
         raise ValueError(f"text may have at most {MAX_FIELD_CHARS} characters")
     if isinstance(value, str) and ("\x00" in value or not _is_unicode(value)):
@@ -48,7 +60,7 @@ def _field_value(value: Any) -> str | bool | int | float | None:
         raise ValueError("numbers must be finite")
     if value is None or isinstance(value, str | bool | int | float):
         return value
-    raise ValueError("must be text, a number, true/false or null")
+    raise ValueError("must be text, a number, true/false, null or a list of texts")
 
 
 def _is_unicode(text: str) -> bool:
@@ -126,12 +138,22 @@ class Signup:
         return {
             tag: str(self.fields[name])
             for name, tag in self.form.merge_fields.items()
-            if tag in allowed and self.fields.get(name) not in (None, "")
+            if tag in allowed and _sendable(self.fields.get(name))
         }
 
 
-def validate(raw: Any, *, now: datetime | None = None) -> Signup:
-    """Validate and normalize a signup message; raises SignupRejected naming each problem."""
+def _sendable(value: Any) -> bool:
+    """A value a merge field can take: text or a number (a list of choices cannot)."""
+    return value not in (None, "") and isinstance(value, str | int | float)
+
+
+def validate(
+    raw: Any, *, now: datetime | None = None, schema: AudienceSchema | None = None
+) -> Signup:
+    """Validate and normalize a signup message; raises SignupRejected naming each problem.
+
+    With the audience's `schema` (worker/feeds), values Mailchimp would refuse for their merge
+    field's type are refused here, naming the field, never the value."""
     now = now or utcnow()
     try:
         message = SignupMessage.model_validate(raw)
@@ -158,6 +180,8 @@ def validate(raw: Any, *, now: datetime | None = None) -> Signup:
     if message.ip is not None and getattr(message.ip, "scope_id", None):
         raise SignupRejected([Problem("ip", "a scoped IPv6 address (with %zone) is not accepted")])
     kept = {k: v for k, v in message.fields.items() if k in form.fields}
+    if problems := _feed_problems(form, kept, schema):
+        raise SignupRejected(problems)
     key_hash = email_hash(email)
     idempotency_key = message.idempotency_key or _derived_key(form.name, key_hash, submitted_at)
     return Signup(
@@ -172,6 +196,29 @@ def validate(raw: Any, *, now: datetime | None = None) -> Signup:
         ip=str(message.ip) if message.ip is not None else None,
         idempotency_key=idempotency_key,
     )
+
+
+def _feed_problems(
+    form: Form, fields: dict[str, Any], schema: AudienceSchema | None
+) -> list[Problem]:
+    """Values the form's feed would send that Mailchimp would refuse."""
+    problems = []
+    if form.language_field is not None:
+        language = fields.get(form.language_field)
+        if language not in (None, "") and not (
+            isinstance(language, str) and re.fullmatch(LANGUAGE_PATTERN, language)
+        ):
+            problems.append(Problem(f"fields.{form.language_field}", "is not a language code"))
+    if schema is not None:
+        for name, tag in form.merge_fields.items():
+            merge_field = schema.merge_fields.get(tag)
+            value = fields.get(name)
+            if merge_field is None or value in (None, ""):
+                continue
+            why = value_problem(merge_field, value)
+            if why is not None:
+                problems.append(Problem(f"fields.{name}", f"{why} (merge field {tag})"))
+    return problems
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

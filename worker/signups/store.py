@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from config import get_settings
 from worker import metrics, publish
 from worker.db import dialect_insert, session_scope
+from worker.feeds.schema import current_schema
 from worker.forms import get_forms
 from worker.models import (
     ChangeSource,
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IngestResult:
+    key: str  # the signup's idempotency key (given, or derived)
     submission_id: int
     created: bool
     sync_job_id: int | None = None
@@ -88,7 +90,9 @@ def ingest_many(
     fresh: dict[str, int] = {}  # idempotency key -> index of the signup that stores it
     for i, signup in enumerate(signups):
         if signup.idempotency_key in known:
-            results[i] = IngestResult(known[signup.idempotency_key], created=False)
+            results[i] = IngestResult(
+                signup.idempotency_key, known[signup.idempotency_key], created=False
+            )
         elif signup.email_hash in erased_at and signup.submitted_at <= erased_at[signup.email_hash]:
             results[i] = SignupRejected([Problem("email", "address was erased; stale signup")])
         elif signup.idempotency_key not in fresh:
@@ -103,7 +107,7 @@ def ingest_many(
     for i, signup in enumerate(signups):  # repeats of a key stored earlier in this batch
         if results[i] is None:
             first = stored[signup.idempotency_key]
-            results[i] = IngestResult(first.submission_id, created=False)
+            results[i] = IngestResult(signup.idempotency_key, first.submission_id, created=False)
     return [r for r in results if r is not None]
 
 
@@ -212,6 +216,7 @@ def _store(
     session.flush()
     return {
         signup.idempotency_key: IngestResult(
+            signup.idempotency_key,
             submission.id,
             created=True,
             sync_job_id=jobs[signup.idempotency_key].id if signup.idempotency_key in jobs else None,
@@ -238,9 +243,10 @@ def receive_many(raws: Sequence[Any], *, channel: str) -> list[IngestResult | Si
     retried: the second pass finds the winner's rows. Database outages propagate.
     """
     checked: list[Signup | SignupRejected] = []
+    schema = current_schema()
     for raw in raws:
         try:
-            checked.append(validate(raw))
+            checked.append(validate(raw, schema=schema))
         except SignupRejected as exc:
             checked.append(exc)
     valid = [c for c in checked if isinstance(c, Signup)]

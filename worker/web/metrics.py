@@ -51,6 +51,8 @@ def _database_families() -> Iterator[Metric]:
         failed = status.failed_by_outcome(session)
         inbox = status.inbox_counts(session)
         runs = status.last_successes(session)
+        parked = status.parked_count(session)
+        forms = status.forms_check(session)
 
     family = GaugeMetricFamily(
         NAMESPACE + "sync_jobs", "Sync jobs (the outbox) by state.", labels=["state"]
@@ -101,6 +103,26 @@ def _database_families() -> Iterator[Metric]:
             since.add_metric([job], max(0.0, (now - at).total_seconds()))
     yield stamp
     yield since
+
+    yield GaugeMetricFamily(
+        NAMESPACE + "parked_signups",
+        "Queued signups parked because they could not be stored (listsync failed list).",
+        value=parked,
+    )
+    family = GaugeMetricFamily(
+        NAMESPACE + "forms_waiting",
+        "1 for each form whose sync waits: its feed disagrees with the audience (listsync check).",
+        labels=["form", "code"],
+    )
+    for form, code in sorted(forms["waiting"].items()):
+        family.add_metric([form, code], 1)
+    yield family
+    checked = forms["checked_at"]
+    yield GaugeMetricFamily(
+        NAMESPACE + "forms_check_age_seconds",
+        "Seconds since the forms were last checked against the audience (+Inf: never).",
+        value=max(0.0, (now - checked).total_seconds()) if checked is not None else math.inf,
+    )
 
 
 def _broker_families() -> Iterator[Metric]:

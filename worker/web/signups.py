@@ -1,4 +1,5 @@
-"""POST /v1/signups: the HTTP intake, the same validation and storage as the queue."""
+"""POST /v1/signups: the HTTP intake, the same validation and storage as the queue; and
+GET /v1/signups/{key}: what became of a signup (docs/website.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hmac
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -15,7 +17,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from config import get_settings
 from worker import metrics
+from worker.db import database_unavailable, session_scope
+from worker.signups import parked
 from worker.signups.message import SignupMessage, SignupRejected
+from worker.signups.queue import error_code
+from worker.signups.state import SignupState, signup_state
 from worker.signups.store import receive
 
 log = logging.getLogger(__name__)
@@ -25,8 +31,17 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 class Accepted(BaseModel):
-    submission_id: int
+    key: str
+    submission_id: int | None
     created: bool
+    state: str
+
+
+class State(BaseModel):
+    key: str
+    state: str
+    reason: str | None
+    received_at: str
 
 
 def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +96,7 @@ def _token_ok(header: str | None) -> bool:
         }
     },
     responses={
+        202: {"description": "stored (or kept as parked); Location names its state"},
         401: {"description": "missing or wrong bearer token"},
         413: {"description": "body over 64 KiB"},
         415: {"description": "not JSON"},
@@ -89,7 +105,8 @@ def _token_ok(header: str | None) -> bool:
     },
 )
 async def post_signup(request: Request) -> JSONResponse:
-    """Store one signup; 202 with its submission id. The same idempotency key → same id."""
+    """Store one signup; 202 with its key, and its state at `Location`. The same idempotency
+    key is the same signup."""
     if not _token_ok(request.headers.get("authorization")):
         return _refuse(401, "bad_token", "missing or invalid bearer token")
     if not request.headers.get("content-type", "").startswith("application/json"):
@@ -111,11 +128,51 @@ async def post_signup(request: Request) -> JSONResponse:
     except SignupRejected as exc:
         problems = [{"field": p.field, "reason": p.reason} for p in exc.problems]
         return _refuse(422, "invalid", problems)
+    except Exception as exc:
+        if database_unavailable(exc):
+            # The website retries. Only the type is logged (a statement may quote the signup).
+            log.warning("intake: database unavailable (%s)", type(exc).__name__)
+            return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
+        # Valid, yet it could not be stored (a bug, a value the database refuses): kept for a
+        # person to look at and replay, as a queued one is; the website's job is done.
+        await run_in_threadpool(parked.park, raw, error=error_code(exc), attempts=0, channel="http")
+        metrics.incr("signups_parked_total", error=error_code(exc))
+        log.error("intake: a signup could not be stored (%s); parked", error_code(exc))
+        key = raw.get("idempotency_key") if isinstance(raw.get("idempotency_key"), str) else ""
+        return _accepted(key, None, created=True, state="parked")
+    return _accepted(result.key, result.submission_id, created=result.created, state="stored")
+
+
+def _accepted(key: str, submission_id: int | None, *, created: bool, state: str) -> JSONResponse:
+    body = {"key": key, "submission_id": submission_id, "created": created, "state": state}
+    headers = {"Location": f"/v1/signups/{quote(key, safe='')}"} if key else None
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
+@router.get(
+    "/v1/signups/{key}",
+    response_model=State,
+    responses={
+        401: {"description": "missing or wrong bearer token"},
+        404: {"description": "no signup is stored under this key (not yet, refused, or purged)"},
+        503: {"description": "database unavailable; retry later"},
+    },
+)
+async def get_signup(key: str, request: Request) -> JSONResponse:
+    """What became of a signup: queued, synced, pending_confirmation, suppressed or failed,
+    with a reason code. No personal data."""
+    if not _token_ok(request.headers.get("authorization")):
+        return _refuse(401, "bad_token", "missing or invalid bearer token")
+    try:
+        found = await run_in_threadpool(_state_of, key)
     except SQLAlchemyError as exc:
-        # The database is away or refused the write: the website retries. Only the type is
-        # logged (a statement's text may quote the signup).
         log.warning("intake: database unavailable (%s)", type(exc).__name__)
         return JSONResponse({"detail": "database unavailable, retry later"}, status_code=503)
-    return JSONResponse(
-        {"submission_id": result.submission_id, "created": result.created}, status_code=202
-    )
+    if found is None:
+        return JSONResponse({"detail": "no signup is stored under this key"}, status_code=404)
+    return JSONResponse(found.to_json())
+
+
+def _state_of(key: str) -> SignupState | None:
+    with session_scope() as session:
+        return signup_state(session, key)
