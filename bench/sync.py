@@ -12,7 +12,9 @@ before and after). Phases, in order:
 1. drain: N signups pre-queued on `signups` before any worker starts; time from the first
    message taken until the emulator has N members (and until the DB has N submissions);
 2. steady state: `enqueue_signup` at 20/s on the idle workers; enqueue → member latency;
-3. baseline (bench/baseline_sync.py): one task per signup calling `set_list_member`.
+3. existing members: signups of people already in the audience (`--existing`), whose calls
+   per signup (PUT, then groups and tags) are reported apart;
+4. baseline (bench/baseline_sync.py): one task per signup calling `set_list_member`.
 
 Mailchimp calls, 429s and limit rejections come from the emulator's counters, reset before
 each phase; peak RSS is each process's VmHWM from /proc. `--worker` may be repeated (one
@@ -63,7 +65,9 @@ from bench.baseline_sync import BaselineResult, run_baseline  # noqa: E402
 from worker.supervise import Child, Children, descendants  # noqa: E402
 
 FORM = "newsletter_signup"  # implied consent: every signup becomes a sync job
-FIELDS = {"first_name": "Bench"}
+#: newsletter_signup's feed (config/forms.toml) adds two tags, a fixed group and the group
+#: this role names: every member carries them, as the Trust's do.
+FIELDS = {"first_name": "Bench", "role": "Parent"}
 SIGNUP_QUEUE = "signups"
 DEFAULT_WORKER = "signups,sync:prefork:2"
 TARGETS = {"drain_per_second": 3000.0, "ratio": 30.0, "p99_ms": 1000.0}
@@ -158,6 +162,20 @@ class SteadyResult:
 
 
 @dataclass
+class ExistingResult:
+    """Signups of people already in the audience (unknown to listsync): each comes back from
+    the batch as existing and gets a PUT, then its groups (PATCH) and tags it lacks."""
+
+    signups: int
+    seconds: float
+    calls: int
+    calls_per_signup: float
+    calls_by_endpoint: dict[str, dict[str, int]]
+    jobs_by_state: dict[str, int]
+    complete: bool
+
+
+@dataclass
 class Report:
     command: str
     workers: list[str]
@@ -167,6 +185,7 @@ class Report:
     load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     drain: DrainResult | None = None
     steady: SteadyResult | None = None
+    existing: ExistingResult | None = None
     baseline: BaselineResult | None = None
     ratio: float | None = None
     peak_rss: list[dict[str, Any]] = field(default_factory=list)
@@ -602,6 +621,11 @@ def run(args: argparse.Namespace) -> Report:
                         bench.start_workers()
                         wait_for(bench.workers_ready, timeout=120, what="the workers")
                     report.steady = run_steady(bench, args.steady_seconds, args.steady_rate)
+                if args.existing > 0:
+                    if not bench.workers:
+                        bench.start_workers()
+                        wait_for(bench.workers_ready, timeout=120, what="the workers")
+                    report.existing = run_existing(bench, args.existing, args.timeout)
                 bench.stop_workers()
                 if args.baseline_signups > 0:
                     say(f"baseline: {args.baseline_signups} signups …")
@@ -651,6 +675,40 @@ def judge(report: Report) -> None:
         )
 
 
+# --- existing members ---------------------------------------------------------------------
+
+
+def run_existing(bench: Bench, signups: int, timeout: float) -> ExistingResult:
+    """Seed `signups` members in the audience (as Mailchimp's own forms would have), then
+    queue a signup for each and wait until every one is done."""
+    prefix = f"bench-existing-{int(time.time())}"
+    say(f"existing members: seeding {signups} in the emulator …")
+    for n in range(signups):
+        bench.emu.seed_member(email(prefix, n), "subscribed")
+    done_before = bench.jobs_by_state().get("done", 0)
+    bench.emu.reset_counters()
+    started = time.perf_counter()
+    prequeue(signups, prefix)
+    deadline = started + timeout
+    while bench.jobs_by_state().get("done", 0) - done_before < signups:
+        bench.check_workers()
+        if time.perf_counter() > deadline:
+            break
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    calls = bench.calls()
+    done = bench.jobs_by_state().get("done", 0) - done_before
+    return ExistingResult(
+        signups=signups,
+        seconds=round(seconds, 3),
+        calls=calls.total,
+        calls_per_signup=round(calls.total / max(1, done), 3),
+        calls_by_endpoint=calls.by_endpoint,
+        jobs_by_state=bench.jobs_by_state(),
+        complete=done >= signups,
+    )
+
+
 # --- output -------------------------------------------------------------------------------
 
 
@@ -695,6 +753,15 @@ def render(report: Report) -> str:
             row("peak calls in flight (emulator)", s.peak_in_flight),
             "",
         ]
+    if (e := report.existing) is not None:
+        lines += [
+            f"existing members: {e.signups:,} signups of people already in the audience"
+            + ("" if e.complete else " (INCOMPLETE)"),
+            row("time", f"{e.seconds:,.2f} s"),
+            row("Mailchimp calls per signup", f"{e.calls_per_signup} ({e.calls} calls)"),
+            row("calls by endpoint", json.dumps(e.calls_by_endpoint, sort_keys=True)),
+            "",
+        ]
     if (b := report.baseline) is not None:
         lines += [
             f"baseline: {b.signups:,} signups, one task each, {b.pool} pool x {b.concurrency}"
@@ -726,6 +793,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-signups", type=int, default=3000, help="0: skip")
     parser.add_argument("--steady-seconds", type=float, default=30.0, help="0: skip")
     parser.add_argument("--steady-rate", type=float, default=20.0, help="signups per second")
+    parser.add_argument(
+        "--existing",
+        type=int,
+        default=500,
+        help="signups of people already in the audience, for their calls per signup (0: skip)",
+    )
     parser.add_argument(
         "--worker",
         type=WorkerSpec.parse,

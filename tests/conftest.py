@@ -309,11 +309,18 @@ class Audience:
 
 @pytest.fixture
 def audience(
-    emulator_process: object, settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    emulator_process: object,
+    settings_env: dict[str, str],
+    db: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Audience]:
+    """A fresh audience shaped as config/forms.toml expects, checked against the forms as a
+    worker does when it starts; the emulator's call counters start at zero after that."""
     from config import get_settings
     from worker.cli.processes import emulator_audience
     from worker.emulator.process import EmulatorProcess
+    from worker.feeds.check import run_check
+    from worker.mailchimp import get_gateway
 
     emu = emulator_process
     assert isinstance(emu, EmulatorProcess)
@@ -331,5 +338,7 @@ def audience(
         monkeypatch.setenv(key, value)
         settings_env[key] = value
     get_settings.cache_clear()
+    assert run_check(get_gateway()).ok
+    emu.reset_counters()
     yield Audience(emu, list_id)
     emu.reset_faults()

@@ -68,10 +68,15 @@ def test_sync_benchmark_compares_with_its_baseline_in_the_same_run() -> None:
     out = bench(
         "bench/sync.py",
         *("--signups", "300", "--baseline-signups", "50", "--steady-seconds", "3"),
-        *("--redis-url", BENCH_REDIS),
+        *("--existing", "20", "--redis-url", BENCH_REDIS),
     )
     assert "drain ratio listsync / baseline:" in out
     assert "zero 429s (listsync)" in out
+    # People already in the audience: each one's PUT, groups and tags, counted apart.
+    existing = re.search(
+        r"existing members: 20 signups.*\n.*\n +Mailchimp calls per signup +([\d.]+)", out
+    )
+    assert existing is not None and 1 <= float(existing.group(1)) <= 4, out
 
 
 def test_inbox_benchmark_prints_each_figure_beside_its_baseline() -> None:

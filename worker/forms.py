@@ -30,7 +30,8 @@ LANGUAGE_PATTERN = r"^[a-z]{2}(_[A-Z]{2})?$"
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 MergeTag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]{1,10}$")]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+#: Mailchimp's own limit on a tag's length is held against the audience by `listsync check`.
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 Language = Annotated[str, StringConstraints(pattern=LANGUAGE_PATTERN)]
 
 

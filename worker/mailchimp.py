@@ -105,6 +105,13 @@ class MemberExtras:
     language: str | None = None
     permissions: tuple[str, ...] = ()  # marketing permission ids
 
+    @property
+    def profile(self) -> MemberExtras:
+        """All but the tags: what a PATCH can still set on a member that exists."""
+        return MemberExtras(
+            interests=self.interests, language=self.language, permissions=self.permissions
+        )
+
     def body(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.tags:
@@ -542,14 +549,18 @@ class Gateway:
             return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
         return MemberResult(email_hash_, ok=True)
 
-    def update_member(self, email_hash_: str, merge_fields: dict[str, Any]) -> MemberResult:
-        """PATCH merge fields of an existing member; never touches status."""
+    def update_member(
+        self, email_hash_: str, merge_fields: dict[str, Any], extras: MemberExtras = NO_EXTRAS
+    ) -> MemberResult:
+        """PATCH merge fields (and groups, language, permissions) of an existing member;
+        never touches status."""
+        body: dict[str, Any] = {**extras.profile.body()}
+        if merge_fields:
+            body["merge_fields"] = merge_fields
         try:
             data = self.call(
                 "members.patch",
-                lambda: self.client.lists.update_list_member(
-                    self.list_id, email_hash_, {"merge_fields": merge_fields}
-                ),
+                lambda: self.client.lists.update_list_member(self.list_id, email_hash_, body),
             )
         except MailchimpError as exc:
             return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)

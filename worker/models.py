@@ -333,6 +333,8 @@ class AudienceCheck(Base):
     SINGLE_ROW: ClassVar[int] = 1
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: The audience read: a check of another one (the setting changed) counts for nothing.
+    list_id: Mapped[str | None] = mapped_column(String(64))
     attempted_at: Mapped[datetime]
     checked_at: Mapped[datetime | None]  # the last reading that succeeded
     schema: Mapped[dict[str, Any] | None]

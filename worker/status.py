@@ -115,7 +115,7 @@ def forms_check(session: Session) -> dict[str, Any]:
     """The last check of the forms against the audience: when, why it failed (if it did),
     and the forms whose sync waits, with the code of their first problem."""
     row = session.get(AudienceCheck, AudienceCheck.SINGLE_ROW)
-    if row is None:
+    if row is None or row.list_id != get_settings().mailchimp_list_id:
         return {"checked_at": None, "error": None, "waiting": {}}
     return {"checked_at": row.checked_at, "error": row.error, "waiting": held_forms(row.problems)}
 

@@ -22,6 +22,7 @@ def upgrade() -> None:
     op.create_table(
         "audience_check",
         sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("list_id", sa.String(length=64), nullable=True),
         sa.Column("attempted_at", worker.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("checked_at", worker.models.UTCDateTime(timezone=True), nullable=True),
         sa.Column("schema", sa.JSON(), nullable=True),

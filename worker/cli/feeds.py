@@ -11,6 +11,7 @@ from rich.table import Table
 
 from worker.cli.common import ConfigError, ListsyncError, settings_or_exit
 from worker.cli.processes import check_services
+from worker.forms import Form
 
 
 @click.command()
@@ -46,27 +47,18 @@ def check(as_json: bool) -> None:
         )
     else:
         out = Console(highlight=False)
-        table = Table(title="Forms against the audience", title_justify="left")
-        for column in ("form", "merge fields", "tags", "groups", "opt-in", "language", "result"):
-            table.add_column(column)
         for name, form in sorted(forms.items()):
             found = result.problems.get(name, [])
             errors = sum(1 for p in found if p.severity == "error")
-            table.add_row(
-                name,
-                ", ".join(sorted(form.merge_tags)) or "-",
-                ", ".join(form.tags) or "-",
-                "; ".join(
-                    [f"{t}: {', '.join(g)}" for t, g in form.interests.items()]
-                    + [f"{t} (from {f})" for f, t in form.interest_fields.items()]
-                )
-                or "-",
-                _opt_in(form.double_optin),
-                form.language or (f"from {form.language_field}" if form.language_field else "-"),
-                (f"[red]{errors} problem(s)[/red]" if errors else "[green]ok[/green]")
-                + (f", {len(found) - errors} warning(s)" if len(found) > errors else ""),
-            )
-        out.print(table)
+            verdict = f"[red]{errors} problem(s)[/red]" if errors else "[green]ok[/green]"
+            if len(found) > errors:
+                verdict += f", {len(found) - errors} warning(s)"
+            table = Table(title=f"{name}: {verdict}", title_justify="left", show_header=False)
+            table.add_column(style="bold", no_wrap=True)
+            table.add_column()
+            for label, value in _feed_rows(form):
+                table.add_row(label, value)
+            out.print(table)
         for name, found in sorted(result.problems.items()):
             for p in found:
                 label = "[red]error[/red]" if p.severity == "error" else "[yellow]warning[/yellow]"
@@ -80,6 +72,23 @@ def check(as_json: bool) -> None:
         raise ListsyncError(f"Mailchimp could not be read ({result.error})")
     if not result.ok:
         raise ConfigError("some forms disagree with the audience; their sync waits")
+
+
+def _feed_rows(form: Form) -> list[tuple[str, str]]:
+    groups = [f"{title}: {', '.join(names)}" for title, names in form.interests.items()]
+    groups += [f"{title}: from the field {field}" for field, title in form.interest_fields.items()]
+    language = form.language or (
+        f"from the field {form.language_field}" if form.language_field else ""
+    )
+    return [
+        ("consent", form.consent),
+        ("merge fields", ", ".join(sorted(form.merge_tags)) or "-"),
+        ("tags", ", ".join(form.tags) or "-"),
+        ("groups", "; ".join(groups) or "-"),
+        ("opt-in", _opt_in(form.double_optin)),
+        ("language", language or "-"),
+        ("permissions", ", ".join(form.marketing_permissions) or "-"),
+    ]
 
 
 def _opt_in(value: bool | str | None) -> str:

@@ -220,6 +220,13 @@ def run_check(gateway: Gateway) -> CheckResult:
         with session_scope() as session:
             row = _row(session, now)
             row.attempted_at, row.error = now, exc.reason[:64]
+            if row.list_id != gateway.list_id:  # what stands is another audience's: nothing
+                row.list_id, row.schema, row.problems, row.checked_at = (
+                    gateway.list_id,
+                    None,
+                    {},
+                    None,
+                )
             problems = {
                 form: [Problem(**p) for p in found] for form, found in (row.problems or {}).items()
             }
@@ -232,7 +239,7 @@ def run_check(gateway: Gateway) -> CheckResult:
     with session_scope() as session:
         row = _row(session, now)
         row.attempted_at, row.checked_at, row.error = now, now, None
-        row.schema, row.problems = schema.to_json(), stored
+        row.list_id, row.schema, row.problems = gateway.list_id, schema.to_json(), stored
         released = mark_held_jobs(session, held_forms(stored))
     audience.forget_cached()
     if released:

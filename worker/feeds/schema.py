@@ -128,18 +128,21 @@ def stored(session: Session) -> AudienceCheck | None:
 def last_check(*, fresh: bool = False) -> AudienceCheck | None:
     """The last stored check (and schema), read from the database at most once a minute per
     process; `fresh` reads it now. None before the first check."""
-    url = get_settings().database_url
+    settings = get_settings()
+    url = settings.database_url
     with _cache_lock:
         cached = _cache.get(url)
     if not fresh and cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-        return cached[1]
-    with session_scope() as session:
-        row = stored(session)
-        if row is not None:
-            session.expunge(row)
-    with _cache_lock:
-        _cache[url] = (time.monotonic(), row)
-    return row
+        row = cached[1]
+    else:
+        with session_scope() as session:
+            row = stored(session)
+            if row is not None:
+                session.expunge(row)
+        with _cache_lock:
+            _cache[url] = (time.monotonic(), row)
+    # A check of another audience (LISTSYNC_MAILCHIMP_LIST_ID changed) is no check of this one.
+    return row if row is not None and row.list_id == settings.mailchimp_list_id else None
 
 
 def forget_cached() -> None:

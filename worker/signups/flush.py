@@ -31,7 +31,14 @@ from worker.feeds.member import Feed, Unresolved, feed_of
 from worker.feeds.member import merged as merged_feeds
 from worker.feeds.schema import AudienceSchema, current_schema
 from worker.forms import Form, get_forms
-from worker.mailchimp import BatchMember, Gateway, MailchimpError, MemberResult, get_gateway
+from worker.mailchimp import (
+    BatchMember,
+    Gateway,
+    MailchimpError,
+    MemberExtras,
+    MemberResult,
+    get_gateway,
+)
 from worker.models import (
     OPTED_OUT,
     ChangeSource,
@@ -58,6 +65,9 @@ BACKOFF_MAX_SECONDS = 1800.0
 MIRRORABLE = frozenset(
     {ContactStatus.NEW, ContactStatus.SUBSCRIBED, ContactStatus.PENDING, ContactStatus.ARCHIVED}
 )
+#: Member statuses of someone receiving the newsletter (or about to): the only members a
+#: flush adds groups, language, permissions and tags to after the fact.
+RECEIVING = frozenset({ContactStatus.SUBSCRIBED, ContactStatus.PENDING})
 #: Member statuses a flush copies onto such a contact.
 MIRRORED_STATUSES = frozenset(
     {
@@ -114,6 +124,9 @@ class Plan:
     settled: dict[int, Outcome] = field(default_factory=dict)  # decided without a call
     #: Jobs whose form names a group or permission the audience lacks: job id -> code.
     unresolved: dict[int, str] = field(default_factory=dict)
+    #: The global opt-in rule for forms without their own: LISTSYNC_DOUBLE_OPTIN, else the
+    #: audience's setting as last read; None: ask Mailchimp.
+    double_optin: bool | None = None
 
 
 # --- claim ------------------------------------------------------------------------------
@@ -202,8 +215,12 @@ def plan(
             )
         )
     )
-    allowed_tags = get_settings().merge_fields
+    settings = get_settings()
+    allowed_tags = settings.merge_fields
     out = Plan()
+    out.double_optin = settings.double_optin
+    if out.double_optin is None and schema is not None:
+        out.double_optin = schema.double_optin
     for job in jobs:
         contact = contact_of(job)
         if job.kind == JobKind.ERASE:
@@ -329,8 +346,12 @@ def send(
         return result
 
     def upsert(s: Send, status_if_new: str, status: str | None = None) -> None:
-        """PUT the member; then the tags the PUT could not set, should it already exist."""
-        feed = s.feed.extras
+        """PUT the member (merge fields, status_if_new, and tags, which count only if the PUT
+        creates it); then, only once the answer shows it subscribed or pending, its form's
+        groups, language and permissions (a PATCH) and the tags it lacks (the tags endpoint).
+        A member who opted out in Mailchimp, which the PUT is how we may first learn, gets
+        nothing more."""
+        tags_only = MemberExtras(tags=s.feed.extras.tags)
         result = call(
             s.job_ids,
             partial(
@@ -339,24 +360,32 @@ def send(
                 s.merge_fields,
                 status_if_new,
                 status=status,
-                extras=feed,
+                extras=tags_only,
             ),
         )
-        missing = [t for t in feed.tags if result is not None and t not in (result.tags or ())]
-        if result is None or not result.ok or result.status in OPTED_OUT or not missing:
+        if result is None or not result.ok or result.status not in RECEIVING:
             return
-        # The member existed, so the PUT's tags did not count. Only a failure here changes
-        # the jobs' outcome: the PUT's (and the status it learned) stands otherwise.
-        if deferred(s.job_ids):
-            return
-        report.calls += 1
-        tagged = gateway.add_tags(s.email_hash, missing)
-        if not tagged.ok:
-            settle(s.job_ids, outcome_of(tagged))
+        feed = s.feed.extras
+        follow_ups: list[Callable[[], MemberResult]] = []
+        if feed.profile.body():
+            follow_ups.append(partial(gateway.update_member, s.email_hash, {}, feed.profile))
+        if missing := [t for t in feed.tags if t not in (result.tags or ())]:
+            follow_ups.append(partial(gateway.add_tags, s.email_hash, missing))
+        for make in follow_ups:
+            # Only a failure changes the jobs' outcome: the PUT's, and the status it learned,
+            # stands otherwise.
+            if deferred(s.job_ids):
+                return
+            report.calls += 1
+            done = make()
+            if not done.ok:
+                settle(s.job_ids, outcome_of(done))
+                return
 
-    # Only members we never synced go into a batch (whose `status` applies to members it
-    # creates): one Mailchimp already knows gets a PUT with `status_if_new` only, so no
-    # call ever sends `status` for an existing member, whatever the batch API does.
+    # Only members we never synced go into a batch, even alone (its `status`, tags, groups,
+    # language and permissions apply only to members it creates; it never touches one that
+    # exists): one Mailchimp already knows gets a PUT with `status_if_new` only, so no call
+    # ever sends `status` for an existing member, whatever the batch API does.
     plain = [s for s in work.upserts.values() if not s.resubscribe and s.is_new]
     singles = [s for s in work.upserts.values() if not s.resubscribe and not s.is_new]
     confirm = [s for s in work.upserts.values() if s.resubscribe]
@@ -364,15 +393,15 @@ def send(
 
     def status_if_new(s: Send) -> str:
         double_optin = s.feed.double_optin
+        if double_optin is None:
+            double_optin = work.double_optin
         if double_optin is not None:
             return "pending" if double_optin else "subscribed"
         if not rule:
             rule.append(gateway.status_if_new())
         return rule[0]
 
-    if len(plain) == 1:
-        singles += plain
-    elif plain:
+    if plain:
         for start in range(0, len(plain), batch_size):
             chunk = plain[start : start + batch_size]
             if deferred(j for s in chunk for j in s.job_ids):
