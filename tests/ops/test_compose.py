@@ -7,6 +7,7 @@ come up as it would in production.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -45,6 +46,21 @@ def read_env_file(path: Path) -> dict[str, str]:
 ENV_EXAMPLE = read_env_file(ROOT / ".env.example")
 
 
+def filled(value: str) -> str:
+    """A "change-me" placeholder as the operator replaces it (listsync refuses placeholders),
+    keeping what the setting's shape needs: `user:`, the `-us1` data centre."""
+    if "change-me" not in value:
+        return value
+    secret = hashlib.sha256(value.encode()).hexdigest()[:32]
+    if value.startswith("ops:"):
+        return f"ops:{secret}"
+    return f"{secret}-us1" if value.endswith("-us1") else secret
+
+
+#: .env.example as an operator fills it in before `docker compose up`.
+ENV_FILLED = {name: filled(value) for name, value in ENV_EXAMPLE.items()}
+
+
 def interpolate(value: str, variables: dict[str, str]) -> str:
     """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and $$."""
 
@@ -67,9 +83,9 @@ def service_env(name: str, overrides: dict[str, str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for env_file in service.get("env_file", []):
         assert env_file == ".env"  # the uncommitted file that .env.example documents
-        env.update(ENV_EXAMPLE)
+        env.update(ENV_FILLED)
     for key, value in (service.get("environment") or {}).items():
-        env[key] = interpolate(str(value), ENV_EXAMPLE)
+        env[key] = interpolate(str(value), ENV_FILLED)
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     base["PYTHONUNBUFFERED"] = "1"  # as the Dockerfile sets it
     return {**base, **env, **overrides}
@@ -78,7 +94,7 @@ def service_env(name: str, overrides: dict[str, str]) -> dict[str, str]:
 def service_argv(name: str, ports: dict[str, int]) -> list[str]:
     """The service's command as this machine runs it: `listsync` from this checkout, bound to
     127.0.0.1 on a free port (as the container's own network namespace would be)."""
-    argv = [interpolate(str(part), ENV_EXAMPLE) for part in SERVICES[name]["command"]]
+    argv = [interpolate(str(part), ENV_FILLED) for part in SERVICES[name]["command"]]
     assert argv[0] == "listsync", f"{name} must run the listsync command"
     args = argv[1:]
     for i in range(1, len(args)):
@@ -103,12 +119,14 @@ def test_every_service_command_comes_up_with_its_compose_environment(
     from worker.app import app
     from worker.cli.processes import free_port
 
+    ports = {name: free_port() for name in ("web", "metrics", "flower", "emulator")}
     overrides = {
         "LISTSYNC_DATABASE_URL": database,
         "LISTSYNC_BROKER_URL": REDIS_URL,
         "LISTSYNC_VAR_DIR": str(tmp_path / "var"),
+        "LISTSYNC_METRICS_HOST": "127.0.0.1",
+        "LISTSYNC_METRICS_PORT": str(ports["metrics"]),
     }
-    ports = {name: free_port() for name in ("web", "flower", "emulator")}
 
     migrate = subprocess.run(
         service_argv("migrate", ports),
@@ -134,13 +152,15 @@ def test_every_service_command_comes_up_with_its_compose_environment(
     up("web", lambda: answers(web + "/readyz"))
     # Two uvicorn workers answer /metrics alike: its counters live in Redis, not in a process.
     metrics.incr("webhook_rejected_total", reason="bad_secret")
-    scrapes = {get(web + "/metrics").text.count('reason="bad_secret"} 1.0') for _ in range(6)}
+    internal = f"http://127.0.0.1:{ports['metrics']}"
+    scrapes = {get(internal + "/metrics").text.count('reason="bad_secret"} 1.0') for _ in range(6)}
     assert scrapes == {1}
+    assert get(web + "/metrics").status_code == 404  # never on the public listener
 
     up("worker", lambda: app.control.ping(timeout=0.5))
 
     flower = f"http://127.0.0.1:{ports['flower']}"
-    user, _, password = ENV_EXAMPLE["LISTSYNC_FLOWER_BASIC_AUTH"].partition(":")
+    user, _, password = ENV_FILLED["LISTSYNC_FLOWER_BASIC_AUTH"].partition(":")
     up("flower", lambda: answers(flower + "/api/workers", auth=(user, password)))
     assert get(flower + "/api/workers").status_code == 401
 

@@ -120,7 +120,10 @@ def test_webhook_rejects_older_than_an_hour_are_not_in_the_last_hour(
 def test_status_with_the_database_away_is_one_line_naming_the_setting(
     settings_env: dict[str, str],
 ) -> None:
-    env = {**settings_env, "LISTSYNC_DATABASE_URL": "postgresql://app:pw@127.0.0.1:1/none"}
+    env = {
+        **settings_env,
+        "LISTSYNC_DATABASE_URL": "postgresql://app:app-password-0123456789@127.0.0.1:1/none",
+    }
     result = run_listsync("status", env=env)
     assert result.returncode == 1
     assert "LISTSYNC_DATABASE_URL" in result.stderr

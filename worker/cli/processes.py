@@ -112,8 +112,8 @@ def beat_argv(schedule_file: Path) -> list[str]:
 
 
 def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "worker.web.app:serve_app"]
-    argv += ["--host", host, "--port", str(port), "--no-access-log"]
+    """The web app on its public listener, and /metrics on the internal one (settings)."""
+    argv = [sys.executable, "-m", "worker.web.serve", "--host", host, "--port", str(port)]
     if workers > 1:
         argv += ["--workers", str(workers)]
     return argv
