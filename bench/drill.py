@@ -1002,7 +1002,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
             wait_for(lambda r=ready: r(" ready."), 90, what=f"{name} ready")
         proxy = WebhookProxy(web_url, config.seed)
         stack.callback(proxy.close)
-        register_webhook(env, "127.0.0.1", proxy.port)  # Mailchimp -> proxy -> web
+        register_webhook(env, f"http://127.0.0.1:{proxy.port}")  # Mailchimp -> proxy -> web
         report.seconds["start"] = round(time.monotonic() - timer, 1)
 
         # --- faults on ------------------------------------------------------------------

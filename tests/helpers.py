@@ -34,13 +34,14 @@ def wait_for(
 
 
 def run_listsync(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `listsync` command as a subprocess."""
+    """Run the real `listsync` command as a subprocess, with stdin as its standard input."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "worker.cli", *args],
         env=full_env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

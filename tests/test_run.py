@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -77,6 +78,8 @@ class Run:
 def listsync_run(tmp_path: Path) -> Iterator[Run]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSYNC_")}
     port = free_port()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var").chmod(0o755)  # as an older listsync, or a umask of 022, left it
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "run", "--port", str(port)],
         cwd=tmp_path,
@@ -172,6 +175,18 @@ def test_run_starts_everything_with_embedded_defaults_and_stops_cleanly(
     database.close()
     run_env = (tmp_path / "var" / "run.env").read_text()
     assert f"LISTSYNC_BROKER_URL={broker.group(1)}" in run_env
+    # Owner-only: var/ (narrowed), this run's secrets, the database, the embedded Redis.
+    var = tmp_path / "var"
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (var, var / "run.env", var / "redis")] == [
+        0o700,
+        0o600,
+        0o700,
+    ]
+    assert stat.S_IMODE((var / "listsync.db").stat().st_mode) & 0o077 == 0
+    # The webhook URL is printed with its (generated) secret masked.
+    secret = re.search(r"LISTSYNC_WEBHOOK_SECRETS=(\S+)", run_env)
+    assert secret is not None and secret.group(1) not in run.text
+    assert f"http://127.0.0.1:{run.web_port}/v1/mailchimp/webhook/***" in run.text
 
     children = descendants(run.proc.pid)
     assert len(children) >= 5  # redis, emulator, intake, worker, beat, web (+ pool processes)

@@ -25,6 +25,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
+from worker.files import private_dir
 
 _lock = threading.Lock()
 _engines: dict[str, Engine] = {}
@@ -51,7 +52,7 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(path).parent)
         engine = create_engine(
             url,
             connect_args={"timeout": 30},

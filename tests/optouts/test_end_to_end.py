@@ -65,8 +65,7 @@ def live(
                 return False
 
         wait_for(up, timeout=30)
-        url = f"{base}/v1/mailchimp/webhook/{SECRET}"
-        registered = run_listsync("webhook", "register", "--url", url, env=settings_env)
+        registered = run_listsync("webhook", "register", "--base-url", base, env=settings_env)
         assert registered.returncode == 0, registered.stderr
         assert SECRET not in registered.stdout
         listed = run_listsync("webhook", "list", env=settings_env)

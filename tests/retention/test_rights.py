@@ -101,6 +101,11 @@ def test_hold_commands_add_list_release_and_are_audited(
         (("correct", EMAIL, "--set", "FNAME"), "FIELD=VALUE"),
         (("correct", "nobody@example.com", "--set", "FNAME=X"), "no contact"),
         (("erase", "nobody@example.com", "--reason", "x"), "no records"),
+        (("erase", EMAIL, "--reason", f"asked by {EMAIL}"), "must not hold an address"),
+        (("hold", "add", "--email", EMAIL, "--reason", "from a@b.example"), "reference number"),
+        (("export", EMAIL, "--include-ip", "--reason", "police: x@y.org"), "must not hold"),
+        (("erase", "-", "--reason", "request 7"), "standard input holds no address"),
+        (("hold", "add", "--email", "-", "--reason", "PRR-1"), "--email is `-`"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message_and_changes_nothing(
@@ -112,6 +117,57 @@ def test_bad_input_exits_2_with_a_clear_message_and_changes_nothing(
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert snapshot(rows) == before
+
+
+def test_every_address_argument_can_come_from_standard_input(
+    rows: Rows, settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`-` keeps the address out of the command line (ps, shell history)."""
+    person(rows)
+    out = tmp_path / "export.json"
+
+    exported = run_listsync("export", "-", "--out", str(out), env=settings_env, stdin=EMAIL)
+    corrected = run_listsync("correct", "-", "--set", "FNAME=Ada", env=settings_env, stdin=EMAIL)
+    held = run_listsync(
+        "hold", "add", "--email", "-", "--reason", "PRR-9", env=settings_env, stdin=EMAIL + "\n"
+    )
+
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(out.read_text())["contact"]["email"] == EMAIL
+    assert corrected.returncode == 0, corrected.stderr
+    assert held.returncode == 0, held.stderr
+    released = run_listsync("hold", "release", "1", env=settings_env)
+    assert released.returncode == 0, released.stderr
+    erased = run_listsync("erase", "-", "--reason", "request 9", env=settings_env, stdin=EMAIL)
+    assert erased.returncode == 0, erased.stderr
+    assert rows.count(Contact) == 0
+
+
+@pytest.mark.parametrize("existing", ["file", "symlink", "dangling symlink"])
+def test_export_out_never_writes_over_a_file_or_through_a_link(
+    rows: Rows, settings_env: dict[str, str], tmp_path: Path, existing: str
+) -> None:
+    person(rows)
+    target = tmp_path / "elsewhere.txt"
+    out = tmp_path / "export.json"
+    if existing == "file":
+        out.write_text("keep me")
+    else:
+        out.symlink_to(target)
+        if existing == "symlink":
+            target.write_text("keep me")
+
+    done = run_listsync("export", EMAIL, "--out", str(out), env=settings_env)
+
+    assert done.returncode == 2
+    assert "already exists" in done.stderr
+    assert EMAIL not in done.stdout + done.stderr
+    if existing == "file":
+        assert out.read_text() == "keep me"
+    else:
+        assert out.is_symlink()
+        assert target.exists() == (existing == "symlink")
+        assert not target.exists() or target.read_text() == "keep me"
 
 
 # --- export --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 from sqlalchemy import select, update
@@ -57,3 +58,22 @@ def test_failed_jobs_are_listed_without_addresses_and_replayed(
     assert replay.returncode == 0 and "1 job(s) pending again" in replay.stdout
     with session_scope() as session:
         assert session.scalars(select(SyncJob.state)).all() == [JobState.PENDING]
+
+
+def test_enqueue_reads_the_address_from_standard_input_for_a_dash(
+    db: str, settings_env: dict[str, str], redis_client: object
+) -> None:
+    import redis
+
+    assert isinstance(redis_client, redis.Redis)
+    empty = run_listsync("enqueue", "-", "--form", "newsletter_signup", env=settings_env)
+    assert empty.returncode == 2 and "standard input holds no address" in empty.stderr
+    assert redis_client.llen("signups") == 0
+
+    ok = run_listsync(
+        "enqueue", "-", "--form", "newsletter_signup", env=settings_env, stdin="in@trust.org\n"
+    )
+
+    assert ok.returncode == 0, ok.stderr
+    envelope = json.loads(redis_client.lindex("signups", 0) or b"{}")
+    assert json.loads(base64.b64decode(envelope["body"]))[1]["message"]["email"] == "in@trust.org"

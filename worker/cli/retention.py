@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import click
 
-from worker.cli.common import BadInput, ConfigError, settings_or_exit
+from worker.cli.common import BadInput, ConfigError, read_address, settings_or_exit
 
 DUE_WINDOWS_DAYS = (1, 7, 30)
 
@@ -172,7 +172,9 @@ def hold() -> None:
 
 @hold.command("add")
 @click.option("--submission", "submission_id", type=int, default=None, help="A submission id.")
-@click.option("--email", default=None, help="Hold every record of this address.")
+@click.option(
+    "--email", default=None, help="Hold every record of this address (`-`: read it from stdin)."
+)
 @click.option("--reason", required=True, help="Why, e.g. a records request number.")
 @click.option("--until", default=None, help="End of the hold, YYYY-MM-DD (UTC); default: open.")
 def hold_add(submission_id: int | None, email: str | None, reason: str, until: str | None) -> None:
@@ -180,6 +182,8 @@ def hold_add(submission_id: int | None, email: str | None, reason: str, until: s
     from worker.db import session_scope
     from worker.retention.holds import add_hold
 
+    if email is not None:
+        email = read_address(email, "--email")
     with _checked():
         ends = parse_until(until)
         with session_scope() as session:

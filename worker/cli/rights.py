@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
-from worker.cli.common import BadInput
+from worker.cli.common import BadInput, read_address
 from worker.cli.retention import _checked
+from worker.files import create_private
 
 
 def _nudge_flush() -> None:
@@ -26,21 +26,27 @@ def _nudge_flush() -> None:
     "out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the JSON to this file (mode 0600) instead of standard output.",
+    help="Write the JSON to this new file (mode 0600) instead of standard output; "
+    "an existing file or a symbolic link there is refused.",
 )
 @click.option("--include-ip", is_flag=True, help="Include form IPs (needs --reason; recorded).")
 @click.option("--reason", default=None, help="Why IPs are needed (a criminal investigation).")
 def export(email: str, out: Path | None, include_ip: bool, reason: str | None) -> None:
-    """Everything held about EMAIL, as JSON (access request, public-records request)."""
+    """Everything held about EMAIL, as JSON (access request, public-records request).
+
+    EMAIL may be `-`: the address is then read from standard input (kept out of ps)."""
     from worker.db import session_scope
     from worker.rights import export as export_records
 
+    email = read_address(email)
     if reason is not None and not include_ip:
         raise BadInput("--reason goes with --include-ip")
     if include_ip and not (reason or "").strip():
         raise BadInput("--include-ip needs --reason TEXT: IPs are used only for an investigation")
     if out is not None and not out.parent.is_dir():
         raise BadInput(f"--out: directory {out.parent} does not exist")
+    if out is not None and (out.exists() or out.is_symlink()):
+        raise BadInput(f"--out: {out} already exists; an export goes to a new file only")
     with _checked(), session_scope() as session:
         data = export_records(session, email, include_ip=include_ip, ip_reason=reason)
     # Out only after the commit: an export with IPs is never given without its audit row.
@@ -48,11 +54,14 @@ def export(email: str, out: Path | None, include_ip: bool, reason: str | None) -
     if out is None:
         click.echo(text, nl=False)
     else:
-        # The file holds personal data: readable by its owner only, even if it existed.
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        # Personal data: a new file, owner-only from creation, never through a link. Checked
+        # above for a clear message; the exclusive create is what guarantees it.
+        try:
+            create_private(out, text)
+        except FileExistsError:
+            raise BadInput(
+                f"--out: {out} already exists; an export goes to a new file only"
+            ) from None
         click.echo(f"written to {out}", err=True)
 
 
@@ -67,11 +76,14 @@ def export(email: str, out: Path | None, include_ip: bool, reason: str | None) -
     help="A merge field to correct, e.g. FNAME=Ada (repeatable).",
 )
 def correct(email: str, assignments: tuple[str, ...]) -> None:
-    """Correct EMAIL's merge fields here and in Mailchimp (PATCH; status untouched)."""
+    """Correct EMAIL's merge fields here and in Mailchimp (PATCH; status untouched).
+
+    EMAIL may be `-`: the address is then read from standard input (kept out of ps)."""
     from worker.db import session_scope
     from worker.rights import correct as correct_records
     from worker.rights import parse_assignments
 
+    email = read_address(email)
     with _checked():
         changes = parse_assignments(assignments)
         with session_scope() as session:
@@ -87,10 +99,13 @@ def correct(email: str, assignments: tuple[str, ...]) -> None:
 @click.argument("email")
 @click.option("--reason", required=True, help="The request, e.g. its reference number.")
 def erase(email: str, reason: str) -> None:
-    """Erase EMAIL here and in Mailchimp (delete-permanent); keep only a suppression hash."""
+    """Erase EMAIL here and in Mailchimp (delete-permanent); keep only a suppression hash.
+
+    EMAIL may be `-`: the address is then read from standard input (kept out of ps)."""
     from worker.db import session_scope
     from worker.rights import erase as erase_records
 
+    email = read_address(email)
     with _checked(), session_scope() as session:
         report = erase_records(session, email, reason)
     _nudge_flush()

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from worker.cli.common import BadInput, settings_or_exit
+from worker.cli.common import BadInput, read_address, settings_or_exit
 
 
 @click.command()
@@ -19,11 +19,14 @@ from worker.cli.common import BadInput, settings_or_exit
 def enqueue(
     email: str, form: str, fields: tuple[str, ...], no_newsletter: bool, idempotency_key: str | None
 ) -> None:
-    """Publish one signup to the queue, as the website does."""
+    """Publish one signup to the queue, as the website does.
+
+    EMAIL may be `-`: the address is then read from standard input (kept out of ps)."""
     from worker.publish import enqueue_signup
     from worker.signups.message import SignupRejected
 
     settings_or_exit()
+    email = read_address(email)
     parsed: dict[str, str] = {}
     for item in fields:
         name, sep, value = item.partition("=")

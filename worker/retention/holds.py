@@ -60,6 +60,13 @@ def check_reason(reason: str | None) -> str:
         raise InvalidRequest("a reason is required (--reason TEXT)")
     if len(reason) > MAX_REASON_CHARS:
         raise InvalidRequest(f"the reason may have at most {MAX_REASON_CHARS} characters")
+    # Reasons outlive the records they explain (an erasure's audit row stays): an address
+    # written into one would survive its own erasure.
+    if "@" in reason:
+        raise InvalidRequest(
+            "the reason must not hold an address (it contains @): "
+            "give the request's reference number instead"
+        )
     return reason
 
 

@@ -54,6 +54,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker import metrics
 from worker.db import get_engine, get_sessionmaker
+from worker.files import private_dir
 from worker.models import (
     Contact,
     ContactStatus,
@@ -380,8 +381,7 @@ def _sqlite_lock_path(engine: Engine) -> Path:
         return Path(database + ".purge-lock")
     from config import get_settings
 
-    var_dir = get_settings().var_dir
-    var_dir.mkdir(parents=True, exist_ok=True)
+    var_dir = private_dir(get_settings().var_dir, narrow=True)
     return var_dir / f"purge-{os.getuid()}.lock"
 
 
