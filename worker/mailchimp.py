@@ -37,7 +37,7 @@ from tenacity import (
 
 from config import Settings, get_settings
 from worker import metrics
-from worker.addresses import email_hash
+from worker.addresses import email_hash, member_hash
 from worker.broker import get_redis
 
 log = logging.getLogger(__name__)
@@ -522,10 +522,10 @@ class Gateway:
             raise TransientError("batch_no_body")
         out = BatchResult()
         for member in list(data.get("new_members") or []) + list(data.get("updated_members") or []):
-            key = email_hash(str(member.get("email_address", "")))
+            key = member_hash(str(member.get("email_address", "")))
             out.results[key] = MemberResult(key, ok=True, status=member.get("status"))
         for error in data.get("errors") or []:
-            key = email_hash(str(error.get("email_address", "")))
+            key = member_hash(str(error.get("email_address", "")))
             problem = _batch_error_reason(error)
             out.results[key] = MemberResult(
                 key,

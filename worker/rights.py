@@ -15,7 +15,7 @@ from sqlalchemy import delete, null, select, update
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from worker.addresses import email_hash
+from worker.addresses import member_hash
 from worker.forms import get_forms
 from worker.models import (
     AuditEntry,
@@ -366,7 +366,7 @@ def _former_hashes(session: Session, key: str) -> set[str]:
         data = payload.get("data") if isinstance(payload, dict) else None
         new_email = data.get("new_email") if isinstance(data, dict) else None
         if old_hash and isinstance(new_email, str):
-            renames.setdefault(email_hash(new_email.strip()), set()).add(old_hash)
+            renames.setdefault(member_hash(new_email), set()).add(old_hash)
     found: set[str] = set()
     todo = [key]
     while todo:

@@ -95,9 +95,10 @@ def quoted_parts(address: str) -> list[str]:
 
 def expected_normalized(address: str) -> str | None:
     try:
-        return validate_email(address.strip(), check_deliverability=False).normalized
+        valid = validate_email(address.strip(), check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError:
         return None
+    return valid.ascii_email
 
 
 def assert_clean_rejection(exc: SignupRejected, address: str) -> None:
@@ -141,7 +142,7 @@ def test_ascii_case_never_changes_who_a_person_is(
 def test_an_idn_domain_and_its_punycode_are_the_same_person() -> None:
     spellings = ["Ann@münchen.de", "Ann@MÜNCHEN.DE", "Ann@xn--mnchen-3ya.de", "ann@münchen.de "]
     hashes = {validate(build_message(a, "newsletter_signup")).email_hash for a in spellings}
-    assert hashes == {md5_lower("ann@münchen.de")}
+    assert hashes == {md5_lower("ann@xn--mnchen-3ya.de")}
 
 
 json_values = st.recursive(

@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config import get_settings
-from worker.addresses import email_hash
+from worker.addresses import member_hash
 from worker.db import dialect_insert, session_scope
 from worker.models import (
     OPTED_OUT,
@@ -301,8 +301,8 @@ def _create_contacts(
             continue
         change = change_from_event(event)
         if change.kind == "upemail":
-            renamed.update(email_hash(e) for e in (change.email, change.new_email) if e)
-        elif change.email and (key := email_hash(change.email)) not in seen:
+            renamed.update(member_hash(e) for e in (change.email, change.new_email) if e)
+        elif change.email and (key := member_hash(change.email)) not in seen:
             seen.add(key)
             if change.kind == "status" and change.status is not None:
                 first[key] = _new_contact(change.email, key, change, now)
@@ -414,7 +414,7 @@ def _ensure_contact(
 
     Creating it is what stops a later, stale signup from subscribing them again.
     """
-    key = email_hash(email)
+    key = member_hash(email)
     if (
         known is not None
         and key in known.contacts
@@ -448,7 +448,7 @@ def _is_stale(contact: Contact, change: Change) -> bool:
 def _apply_status(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email or change.status is None:
         return Result(EventState.IGNORED, "no_email")
-    if is_erased(session, email_hash(change.email), known):
+    if is_erased(session, member_hash(change.email), known):
         # A late webhook or a reconcile page must not bring an erased person back.
         return Result(EventState.IGNORED, "erased")
     contact = _ensure_contact(session, change.email, change, known)
@@ -540,7 +540,7 @@ def _update_merges(contact: Contact, merges: dict[str, Any]) -> bool:
 def _apply_profile(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email:
         return Result(EventState.IGNORED, "no_email")
-    contact = _locked_contact(session, email_hash(change.email), known)
+    contact = _locked_contact(session, member_hash(change.email), known)
     if contact is None:
         return Result(EventState.APPLIED, "no_contact")
     if contact.status == ContactStatus.ERASED:
@@ -555,7 +555,7 @@ def _apply_profile(session: Session, change: Change, known: Prefetched | None) -
 def _apply_upemail(session: Session, change: Change, known: Prefetched | None) -> Result:
     if not change.email or not change.new_email:
         return Result(EventState.IGNORED, "no_email")
-    old_hash, new_hash = email_hash(change.email), email_hash(change.new_email)
+    old_hash, new_hash = member_hash(change.email), member_hash(change.new_email)
     if is_erased(session, new_hash, known):
         return Result(EventState.IGNORED, "erased")
     if old_hash == new_hash:  # a change of case only: same member

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from worker.addresses import email_hash
+from worker.addresses import member_hash
 
 #: Event types Mailchimp sends to list webhooks; anything else is stored as ignored.
 KNOWN_TYPES = frozenset({"subscribe", "unsubscribe", "profile", "upemail", "cleaned", "campaign"})
@@ -120,7 +120,7 @@ def validate_event(
     key_hash: str | None = None
     if kind in {"subscribe", "unsubscribe", "profile", "cleaned"}:
         email = _email(data, "email")
-        key_hash = email_hash(email)
+        key_hash = member_hash(email)
         _text(data, "reason", required=False)
         if kind == "unsubscribe" and _text(data, "action", required=False) not in (
             UNSUB_ACTIONS | {""}
@@ -130,8 +130,8 @@ def validate_event(
     elif kind == "upemail":
         old = _email(data, "old_email")
         new = _email(data, "new_email")
-        key_hash = email_hash(old)
-        key = dedupe_key(kind, when, list_id, key_hash, email_hash(new))
+        key_hash = member_hash(old)
+        key = dedupe_key(kind, when, list_id, key_hash, member_hash(new))
     elif kind == "campaign":
         key = dedupe_key(kind, when, list_id, _text(data, "id", required=True))
     else:

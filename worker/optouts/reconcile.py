@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from worker import metrics
-from worker.addresses import email_hash
+from worker.addresses import member_hash
 from worker.db import session_scope
 from worker.models import (
     ChangeSource,
@@ -142,7 +142,7 @@ def apply_member(session: Session, member: dict[str, Any], list_id: str) -> bool
                 type="unsubscribe" if status == ContactStatus.UNSUBSCRIBED else "cleaned",
                 source=ChangeSource.RECONCILE,
                 fired_at=last_changed,
-                email_hash=email_hash(email),
+                email_hash=member_hash(email),
                 payload={"member": {"status": status, "last_changed": member.get("last_changed")}},
                 state=EventState.APPLIED,
                 applied_at=utcnow(),

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from worker import publish
-from worker.addresses import InvalidAddress, email_hash, normalize_email
+from worker.addresses import member_hash
 from worker.db import session_scope
 from worker.forms import MAX_FORM_NAME
 from worker.models import ParkedSignup
@@ -27,10 +27,7 @@ def address_hash(message: Any) -> str | None:
     email = message.get("email") if isinstance(message, dict) else None
     if not isinstance(email, str) or not email.strip():
         return None
-    try:
-        return email_hash(normalize_email(email.strip()))
-    except InvalidAddress:
-        return email_hash(email.strip())
+    return member_hash(email)
 
 
 def park(message: Any, *, error: str, attempts: int, channel: str) -> int:

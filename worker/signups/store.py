@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from config import get_settings
 from worker import metrics, publish
+from worker.addresses import unicode_hash
 from worker.db import dialect_insert, session_scope
 from worker.feeds.schema import current_schema
 from worker.forms import get_forms
@@ -79,9 +80,16 @@ def ingest_many(
             )
         )
     }
-    suppressed = {
+    # An internationalized address may be suppressed under its old, Unicode key (addresses.py).
+    old_keys = {s.email_hash: old for s in signups if (old := unicode_hash(s.email))}
+    rows = {
         row.email_hash: row
-        for row in session.scalars(select(Suppression).where(Suppression.email_hash.in_(hashes)))
+        for row in session.scalars(
+            select(Suppression).where(Suppression.email_hash.in_(hashes | set(old_keys.values())))
+        )
+    }
+    suppressed = {
+        key: row for key in hashes if (row := rows.get(key) or rows.get(old_keys.get(key, "")))
     }
     erased_at = {
         k: row.created_at for k, row in suppressed.items() if row.reason == SuppressionReason.ERASED
