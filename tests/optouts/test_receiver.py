@@ -219,6 +219,22 @@ def test_every_event_type_is_stored_pending_and_its_apply_enqueued(
     assert queued_applies(redis_client) == 1
 
 
+def test_of_the_merge_fields_sent_only_the_synced_ones_are_stored_and_no_ip(
+    client: TestClient,
+) -> None:
+    """Mailchimp sends every merge field of the member; the inbox keeps LISTSYNC_MERGE_FIELDS
+    (here FNAME, LNAME, ADDRESS)."""
+    sent = profile(EMAIL, AT, FNAME="Ann", LNAME="Lee", PHONE="555-0100", BIRTHDAY="01/02")
+
+    assert post(client, sent).status_code == 200
+
+    [event] = events()
+    assert event.payload is not None
+    data = event.payload["data"]
+    assert data["merges"] == {"FNAME": "Ann", "LNAME": "Lee"}
+    assert "ip_opt" not in data and "555-0100" not in str(event.payload)
+
+
 def test_a_duplicate_delivery_answers_200_and_is_stored_and_enqueued_once(
     client: TestClient, redis_client: Any
 ) -> None:

@@ -22,6 +22,7 @@ from worker.models import (
     ContactStatus,
     JobState,
     PurgeRun,
+    RejectedSignup,
     Submission,
     SubmissionIP,
     Suppression,
@@ -94,6 +95,33 @@ def test_webhook_payload_is_dropped_after_retention_keeping_the_dedupe_key(rows:
         assert kept is not None and kept.payload is None and kept.dedupe_key
         waiting = s.get(WebhookEvent, pending)
         assert waiting is not None and waiting.payload is not None  # not applied yet
+
+
+def test_webhook_events_and_their_dedupe_keys_go_after_their_own_retention(rows: Rows) -> None:
+    applied = rows.event(EMAIL, T0)
+    ignored = rows.event("bob@example.com", T0, state="ignored")
+    pending = rows.event("cy@example.com", T0, state="pending")
+    held = rows.event("di@example.com", T0)
+    rows.hold(email="di@example.com")
+    due = T0 + get_schedule().webhook_event_retention
+
+    assert purge_at(due - seconds(1)).counts["webhook_events"] == 0
+    assert purge_at(due + seconds(1)).counts["webhook_events"] == 2
+    assert not rows.exists(WebhookEvent, applied) and not rows.exists(WebhookEvent, ignored)
+    assert rows.exists(WebhookEvent, pending)  # still to be applied
+    assert rows.exists(WebhookEvent, held)
+
+
+def test_rejected_signup_records_go_after_their_retention(rows: Rows) -> None:
+    with rows.session() as s:
+        s.add(RejectedSignup(received_at=T0, channel="http", form="survey", reason="email: x"))
+        s.commit()
+    due = T0 + get_schedule().rejected_signup_retention
+
+    assert purge_at(due - seconds(1)).counts["rejected_signups"] == 0
+    assert rows.count(RejectedSignup) == 1
+    assert purge_at(due + seconds(1)).counts["rejected_signups"] == 1
+    assert rows.count(RejectedSignup) == 0
 
 
 def test_finished_sync_jobs_go_after_their_retention_failed_ones_later(rows: Rows) -> None:

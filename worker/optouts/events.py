@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from config import get_settings
 from worker.addresses import member_hash
 
 #: Event types Mailchimp sends to list webhooks; anything else is stored as ignored.
@@ -137,8 +138,18 @@ def validate_event(
     else:
         # An unknown shape: the whole body decides what counts as the same delivery.
         key = dedupe_key("unknown", repr(sorted(_flatten(form))))
-    payload = {**form, "data": {k: v for k, v in data.items() if k not in UNSTORED_DATA_FIELDS}}
-    return ParsedEvent(kind, fired_at, list_id, key_hash, key, payload)
+    return ParsedEvent(kind, fired_at, list_id, key_hash, key, _stored(form, data))
+
+
+def _stored(form: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """What the inbox keeps of an event: no IPs, and of the merge fields Mailchimp sends (all
+    of the member's: phone, address, birthday, groups…) only those listsync syncs
+    (LISTSYNC_MERGE_FIELDS), which are all that applying it reads."""
+    kept = {k: v for k, v in data.items() if k not in UNSTORED_DATA_FIELDS}
+    if isinstance(merges := data.get("merges"), dict):
+        synced = get_settings().merge_fields
+        kept["merges"] = {tag: value for tag, value in merges.items() if tag in synced}
+    return {**form, "data": kept}
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

@@ -63,6 +63,7 @@ from worker.models import (
     JobState,
     ParkedSignup,
     PurgeRun,
+    RejectedSignup,
     Submission,
     SubmissionIP,
     Suppression,
@@ -100,9 +101,11 @@ KINDS = (
     "submissions",
     "ips",
     "webhook_payloads",
+    "webhook_events",
     "contacts",
     "purge_runs",
     "parked_signups",
+    "rejected_signups",
 )
 
 Progress = Callable[[str, int], None]
@@ -225,6 +228,22 @@ def _remove_payloads(
     return {"webhook_payloads": _bulk(session, stmt)}
 
 
+def _due_event(s: Schedule, now: datetime) -> ColumnElement[bool]:
+    # The whole row, dedupe key included: Mailchimp retries a delivery for about 75 minutes,
+    # so a redelivery of an event this old does not come, and applying one would be stale.
+    return and_(
+        WebhookEvent.received_at <= now - s.webhook_event_retention,
+        WebhookEvent.state != EventState.PENDING,
+        ~_hash_held(WebhookEvent.email_hash, now),
+    )
+
+
+def _remove_events(
+    session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
+) -> dict[str, int]:
+    return {"webhook_events": _bulk(session, delete(WebhookEvent).where(chunk, _due_event(s, now)))}
+
+
 def _due_job(s: Schedule, now: datetime) -> ColumnElement[bool]:
     finished = and_(
         SyncJob.state.in_([JobState.DONE, JobState.SUPPRESSED]),
@@ -293,14 +312,27 @@ def _remove_parked(
     return {"parked_signups": _bulk(session, stmt)}
 
 
+def _due_rejected(s: Schedule, now: datetime) -> ColumnElement[bool]:
+    return RejectedSignup.received_at <= now - s.rejected_signup_retention
+
+
+def _remove_rejected(
+    session: Session, chunk: ColumnElement[bool], s: Schedule, now: datetime
+) -> dict[str, int]:
+    stmt = delete(RejectedSignup).where(chunk, _due_rejected(s, now))
+    return {"rejected_signups": _bulk(session, stmt)}
+
+
 STEPS = (
     Step("sync_jobs", SyncJob.id, _due_job, _remove_jobs),
     Step("submissions", Submission.id, _due_submission, _remove_submissions),
     Step("ips", SubmissionIP.submission_id, _due_ip, _remove_ips, counted=_ip_goes),
     Step("webhook_payloads", WebhookEvent.id, _due_payload, _remove_payloads),
+    Step("webhook_events", WebhookEvent.id, _due_event, _remove_events),
     Step("contacts", Contact.id, _due_contact, _remove_contacts),
     Step("purge_runs", PurgeRun.id, _due_run, _remove_runs),
     Step("parked_signups", ParkedSignup.id, _due_parked, _remove_parked),
+    Step("rejected_signups", RejectedSignup.id, _due_rejected, _remove_rejected),
 )
 
 

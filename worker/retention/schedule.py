@@ -37,6 +37,8 @@ KEEP_DEFAULTS: dict[str, str] = {
     "purge_runs": "400d",  # purge-run audit rows
     "opted_out_contacts": "30d",  # unsubscribed/cleaned, no submission left → suppression hash
     "parked_signups": "30d",  # queued signups that could not be stored, from when parked
+    "rejected_signups": "30d",  # rejection records (reason, form; no address), from receipt
+    "webhook_events": "90d",  # applied or ignored inbox rows and their dedupe keys
 }
 
 
@@ -62,6 +64,8 @@ class Schedule:
     purge_run_retention: timedelta = timedelta(days=400)
     opted_out_contact_retention: timedelta = timedelta(days=30)
     parked_signup_retention: timedelta = timedelta(days=30)
+    rejected_signup_retention: timedelta = timedelta(days=30)
+    webhook_event_retention: timedelta = timedelta(days=90)
     source: str = field(default="", compare=False)
     texts: dict[str, str] = field(default_factory=dict, compare=False)  # as written, for `show`
 
@@ -179,6 +183,8 @@ def parse_schedule(text: str, source: str) -> Schedule:
         purge_run_retention=keep["purge_runs"],
         opted_out_contact_retention=keep["opted_out_contacts"],
         parked_signup_retention=keep["parked_signups"],
+        rejected_signup_retention=keep["rejected_signups"],
+        webhook_event_retention=keep["webhook_events"],
         source=source,
         texts=texts,
     )
