@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from config import Settings
+from config import Settings, get_settings
 from worker.cli.common import ConfigError, ListsyncError, settings_or_exit
 from worker.files import private_dir, replace_private
 from worker.supervise import Child, Children
@@ -102,14 +102,15 @@ def worker_argv(
         takes_signups = "signups" in queues.split(",")
         prefetch_multiplier = max(1, INTAKE_PREFETCH // concurrency) if takes_signups else 1
     argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", queues, "-E"]
-    argv += ["--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+    argv += ["--loglevel", get_settings().log_level, "--without-mingle", "--without-gossip"]
     argv += ["--concurrency", str(concurrency), "--prefetch-multiplier", str(prefetch_multiplier)]
     argv += ["--hostname", f"{name}@%h"]
     return ["nice", "-n", str(nice), *argv] if nice else argv
 
 
 def beat_argv(schedule_file: Path) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule_file)]
+    argv = [sys.executable, "-m", "celery", "-A", "worker", "beat", "-s", str(schedule_file)]
+    return [*argv, "--loglevel", get_settings().log_level]
 
 
 def web_argv(host: str, port: int, workers: int = 1) -> list[str]:

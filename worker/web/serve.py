@@ -12,9 +12,12 @@ Both are sockets of the same uvicorn server, so every worker process answers on 
 from __future__ import annotations
 
 import argparse
+import copy
 import socket
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from config import get_settings
@@ -33,10 +36,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging setup, with listsync's own loggers (`worker`, `tasks`) writing to
+    its stderr handler at LISTSYNC_LOG_LEVEL: without them, intake and webhook refusals
+    logged at INFO would go nowhere."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("worker", "tasks"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level, "propagate": False}
+    return config
+
+
 def serve(host: str, port: int, workers: int) -> None:
     settings = get_settings()
     config = uvicorn.Config(
-        APP, factory=True, host=host, port=port, workers=workers, access_log=False
+        APP,
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level.lower(),
     )
     sockets = [config.bind_socket(), listen(settings.metrics_host, settings.metrics_port)]
     if workers > 1:

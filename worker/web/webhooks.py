@@ -46,15 +46,24 @@ _INBOX: GroupCommit[ParsedEvent, inbox.Receipt] = GroupCommit(
 )
 
 
+#: The secret segment after the webhook path, wherever that path sits in a text: behind a
+#: --root-path prefix or a proxy's, inside a full URL, before a query string.
+_SECRET_IN_PATH = re.compile(re.escape(PREFIX) + r"[^/?#\s\"']+")
+
+
+def redact(text: str) -> str:
+    """text with every webhook secret in it shown as ***."""
+    return _SECRET_IN_PATH.sub(PREFIX + "***", text)
+
+
 class _RedactWebhookSecret(logging.Filter):
     """Rewrites uvicorn access-log lines so the path's secret never reaches a log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple):
-            record.args = tuple(
-                PREFIX + "***" if isinstance(a, str) and a.startswith(PREFIX) else a for a in args
-            )
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
