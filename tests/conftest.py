@@ -225,9 +225,11 @@ def db(settings_env: dict[str, str]) -> Iterator[str]:
     """A migrated, empty database for this test; yields its URL."""
     from worker.db import dispose_engines, get_engine
     from worker.models import Base
+    from worker.status import settled_counts
 
     url = settings_env["LISTSYNC_DATABASE_URL"]
     Base.metadata.create_all(get_engine(url))
+    settled_counts.clear()  # counts cached by an earlier test's database
     yield url
     dispose_engines()
 

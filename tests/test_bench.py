@@ -43,6 +43,12 @@ def test_purge_benchmark_runs_and_prints_its_figures() -> None:
     assert "longest single transaction:" in out and "intake p99 idle:" in out
 
 
+def test_scrape_benchmark_runs_and_prints_its_figures() -> None:
+    out = bench("bench/scrape.py", "--rows", "2000", "--scrapes", "2", "--redis-url", BENCH_REDIS)
+    assert "warm/baseline" in out
+    assert re.search(r"^\s+2000\s+[\d.]+ /\s+[\d.]+\s+[\d.]+ /\s+[\d.]+\s+[\d.]+$", out, re.M), out
+
+
 @pytest.mark.parametrize(("client", "nice"), [("lean", None), ("aiohttp", "0")])
 def test_webhook_benchmark_loses_nothing_and_applies_nothing_twice(
     client: str, nice: str | None

@@ -1,12 +1,19 @@
 """The operational facts as plain data: queues, the outbox, last runs, rejects, the call cap.
 
 `listsync status` prints them and `/metrics` exposes them; each fact is one aggregate query
-or one Redis round-trip, never a per-row read, so both stay cheap on a large database.
+or one Redis round-trip, never a per-row read. A scrape must stay cheap however large the
+tables grow, so no query reads a whole table: rows still moving (pending, in flight, failed
+jobs; pending events) are counted exactly through the index that leads with their state, and
+the settled ones (done and suppressed jobs, applied and ignored events: most of each table,
+kept for weeks) are counted at most once per SETTLED_COUNT_SECONDS in each process.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -14,7 +21,7 @@ from typing import Any
 
 import redis
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from config import get_settings
 from worker import metrics
@@ -43,6 +50,13 @@ UNACKED_KEY = "unacked"
 #: Watermark rows the reconcile and purge owners write after each successful run.
 RUNS = {"reconcile": "reconcile_success", "purge": "purge_success"}
 
+#: States whose rows settle for good and pile up until the purge: counted from a cache.
+SETTLED_JOB_STATES = (JobState.DONE, JobState.SUPPRESSED)
+SETTLED_EVENT_STATES = (EventState.APPLIED, EventState.IGNORED)
+#: How old the counts of settled rows may be on a scrape. Counting them reads every one of
+#: them, which the outbox's and the inbox's weeks of history make slow; they only grow.
+SETTLED_COUNT_SECONDS = 300.0
+
 TOP_REASONS = 5
 _REASON_WIDTH = 120
 
@@ -61,12 +75,54 @@ def _client_for(url: str) -> redis.Redis:
 # --- the database ------------------------------------------------------------------------
 
 
-def job_counts(session: Session) -> dict[str, int]:
-    """Sync jobs by state, every state present (zero when none)."""
+class _SettledCounts:
+    """Per-process cache of the settled rows' counts, by table."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, tuple[float, dict[str, int]]] = {}
+
+    def get(
+        self,
+        session: Session,
+        column: InstrumentedAttribute[str],
+        states: Collection[str],
+        max_age: float,
+    ) -> dict[str, int]:
+        key = str(column)
+        with self._lock:
+            cached = self._counts.get(key)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        counts = _count_by_state(session, column, states)
+        with self._lock:
+            self._counts[key] = (time.monotonic(), counts)
+        return counts
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+settled_counts = _SettledCounts()
+
+
+def _count_by_state(
+    session: Session, column: InstrumentedAttribute[str], states: Collection[str]
+) -> dict[str, int]:
+    rows = session.execute(
+        select(column, func.count()).where(column.in_(list(states))).group_by(column)
+    )
+    return {str(state): int(count) for state, count in rows}
+
+
+def job_counts(session: Session, max_age: float = SETTLED_COUNT_SECONDS) -> dict[str, int]:
+    """Sync jobs by state, every state present (zero when none); done and suppressed as of
+    at most max_age seconds ago (0: now)."""
     counts = {state.value: 0 for state in JobState}
-    rows = session.execute(select(SyncJob.state, func.count()).group_by(SyncJob.state))
-    for state, count in rows:
-        counts[str(state)] = int(count)
+    live = [state for state in JobState if state not in SETTLED_JOB_STATES]
+    counts.update(_count_by_state(session, SyncJob.state, live))
+    counts.update(settled_counts.get(session, SyncJob.state, SETTLED_JOB_STATES, max_age))
     return counts
 
 
@@ -120,12 +176,13 @@ def forms_check(session: Session) -> dict[str, Any]:
     return {"checked_at": row.checked_at, "error": row.error, "waiting": held_forms(row.problems)}
 
 
-def inbox_counts(session: Session) -> dict[str, int]:
-    """Stored webhook events by state (the inbox)."""
+def inbox_counts(session: Session, max_age: float = SETTLED_COUNT_SECONDS) -> dict[str, int]:
+    """Stored webhook events by state (the inbox); applied and ignored as of at most max_age
+    seconds ago (0: now)."""
     counts = {state.value: 0 for state in EventState}
-    rows = session.execute(select(WebhookEvent.state, func.count()).group_by(WebhookEvent.state))
-    for state, count in rows:
-        counts[str(state)] = int(count)
+    live = [state for state in EventState if state not in SETTLED_EVENT_STATES]
+    counts.update(_count_by_state(session, WebhookEvent.state, live))
+    counts.update(settled_counts.get(session, WebhookEvent.state, SETTLED_EVENT_STATES, max_age))
     return counts
 
 
@@ -267,8 +324,8 @@ class Status:
 
 
 def gather_status(session: Session, client: redis.Redis) -> Status:
-    """Collect every fact; raises if the database or the broker is unreachable."""
-    jobs = job_counts(session)
+    """Collect every fact, exact; raises if the database or the broker is unreachable."""
+    jobs = job_counts(session, max_age=0)
     return Status(
         generated_at=utcnow(),
         queues=queue_lengths(client),

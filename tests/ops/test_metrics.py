@@ -104,6 +104,34 @@ def test_job_gauges_show_states_oldest_pending_age_and_failures_by_outcome(
     }
 
 
+def test_a_scrape_counts_live_rows_exactly_and_settled_ones_at_most_every_five_minutes(
+    live_web: str, db: str
+) -> None:
+    """Done jobs and applied events pile up for weeks: counting them reads them all, so a
+    scrape reuses their counts for SETTLED_COUNT_SECONDS; pending and failed stay exact."""
+    from worker.db import session_scope
+
+    def add(state: str) -> None:
+        with session_scope() as session:
+            add_job(session, state, NOW - timedelta(days=1))
+
+    add("done")
+    add("pending")
+    with freeze_time(NOW, ignore=SERVER_CLOCKS) as clock:
+        first = scrape(live_web)["listsync_sync_jobs"]
+        add("done")
+        add("pending")
+        clock.tick(299)
+        cached = scrape(live_web)["listsync_sync_jobs"]
+        clock.tick(2)
+        fresh = scrape(live_web)["listsync_sync_jobs"]
+
+    done, pending = (("state", "done"),), (("state", "pending"),)
+    assert (first[done], first[pending]) == (1, 1)
+    assert (cached[done], cached[pending]) == (1, 2)
+    assert (fresh[done], fresh[pending]) == (2, 2)
+
+
 def test_no_pending_job_means_an_oldest_pending_age_of_zero(live_web: str) -> None:
     samples = scrape(live_web)
     assert samples["listsync_sync_oldest_pending_age_seconds"][()] == 0
