@@ -1,6 +1,6 @@
 """Benchmark of the signup → Mailchimp sync path against the naive baseline, in one run.
 
-    .venv/bin/python bench/sync.py [--signups 100000] [--baseline-signups 3000]
+    .venv/bin/python bench/sync.py [--signups 100000] [--floor-signups N] [--baseline-signups 3000]
         [--steady-seconds 30] [--steady-rate 20] [--mailchimp-concurrency 4]
         [--worker QUEUES:POOL:CONCURRENCY[:PREFETCH]] ... [--profile SECONDS] [--json]
 
@@ -15,6 +15,11 @@ before and after). Phases, in order:
 3. existing members: signups of people already in the audience (`--existing`), whose calls
    per signup (PUT, then groups and tags) are reported apart;
 4. baseline (bench/baseline_sync.py): one task per signup calling `set_list_member`.
+
+Before the drain, the floor: as many pre-queued signup messages drained, in the same worker
+layout, by a no-op task of the same kind (bench/floor.py: celery-batches, the same flush size,
+late acks, task events, every celeryconfig setting). `drain / floor` is how close listsync
+comes to the cost of one Celery message per signup; `--floor-signups 0` skips it.
 
 Mailchimp calls, 429s and limit rejections come from the emulator's counters, reset before
 each phase; peak RSS is each process's VmHWM from /proc. `--worker` may be repeated (one
@@ -70,7 +75,13 @@ FORM = "newsletter_signup"  # implied consent: every signup becomes a sync job
 FIELDS = {"first_name": "Bench", "role": "Parent"}
 SIGNUP_QUEUE = "signups"
 DEFAULT_WORKER = "signups,sync:prefork:2"
-TARGETS = {"drain_per_second": 3000.0, "ratio": 30.0, "p99_ms": 1000.0}
+TARGETS = {
+    "floor_ratio": 0.6,
+    "ratio": 10.0,
+    "calls_per_signup": 0.01,
+    "p99_ms": 1000.0,
+    "rss_mib": 150.0,
+}
 
 
 def say(line: str) -> None:
@@ -103,15 +114,21 @@ class WorkerSpec:
         except ValueError:
             raise argparse.ArgumentTypeError(f"--worker {spec!r}: numbers expected") from None
 
-    def argv(self, index: int) -> list[str]:
+    def argv(self, index: int, celery_app: str = "worker") -> list[str]:
         """Production's worker command line (worker.cli.processes) with this pool; without a
-        PREFETCH, production's default prefetch applies."""
+        PREFETCH, production's default prefetch applies. `celery_app`: the `-A` module
+        (bench.floor for the no-op floor)."""
         from worker.cli.processes import worker_argv
 
         argv = worker_argv(
             self.queues, self.concurrency, prefetch_multiplier=self.prefetch, name=f"bench{index}"
         )
+        argv[argv.index("-A") + 1] = celery_app
         return [*argv, "--pool", self.pool]
+
+    @property
+    def takes_signups(self) -> bool:
+        return SIGNUP_QUEUE in self.queues.split(",")
 
     def __str__(self) -> str:
         tail = f":{self.prefetch}" if self.prefetch is not None else ""
@@ -140,6 +157,17 @@ class DrainResult:
     jobs_by_state: dict[str, int]
     cpu_ms_per_signup: dict[str, float]  # user+system CPU during the drain, by process group
     cpu_bound_ceiling_2_cores: float  # 2 s of CPU per second / the CPU a signup costs
+    complete: bool
+
+
+@dataclass
+class FloorResult:
+    """The same kind of drain through a no-op task (bench/floor.py)."""
+
+    signups: int
+    seconds: float  # first message taken -> every message taken and its batch returned
+    signups_per_second: float
+    cpu_ms_per_signup: dict[str, float]
     complete: bool
 
 
@@ -183,11 +211,16 @@ class Report:
     emulator: dict[str, Any]
     load_average_before: tuple[float, float, float]
     load_average_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    floor: FloorResult | None = None
     drain: DrainResult | None = None
     steady: SteadyResult | None = None
     existing: ExistingResult | None = None
     baseline: BaselineResult | None = None
-    ratio: float | None = None
+    ratio: float | None = None  # drain / baseline
+    floor_ratio: float | None = None  # drain / floor
+    drain_per_s: float | None = None
+    floor_per_s: float | None = None
+    baseline_per_s: float | None = None
     peak_rss: list[dict[str, Any]] = field(default_factory=list)
     profile: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     targets: dict[str, bool] = field(default_factory=dict)
@@ -208,6 +241,7 @@ class Bench:
     log_dir: Path
     app_name: str  # application_name of the workers' PostgreSQL connections
     workers: list[Child] = field(default_factory=list)
+    running_specs: list[WorkerSpec] = field(default_factory=list)
 
     def members(self) -> int:
         return subscribed(self.emu.counters(), self.emu.list_id)
@@ -231,9 +265,9 @@ class Bench:
         return queued == 0 and not jobs.get("pending") and not jobs.get("in_flight")
 
     def processes(self) -> dict[int, str]:
-        """Every process doing listsync's work, by group (for CPU accounting)."""
+        """Every process doing the running workers' work, by group (for CPU accounting)."""
         groups: dict[int, str] = {}
-        for child, spec in zip(self.workers, self.specs, strict=True):
+        for child, spec in zip(self.workers, self.running_specs, strict=True):
             groups[child.pid] = f"{child.name} ({spec.queues}) main"
             groups.update(
                 dict.fromkeys(descendants(child.pid), f"{child.name} ({spec.queues}) pool")
@@ -248,9 +282,11 @@ class Bench:
             groups[self.emu.pid] = "emulator"
         return groups
 
-    def start_workers(self) -> None:
-        for i, spec in enumerate(self.specs):
-            self.workers.append(self.children.start(f"worker{i}", spec.argv(i), self.env))
+    def start_workers(self, specs: list[WorkerSpec] | None = None, app: str = "worker") -> None:
+        for i, spec in enumerate(self.specs if specs is None else specs):
+            name = f"floor{i}" if app != "worker" else f"worker{i}"
+            self.workers.append(self.children.start(name, spec.argv(i, app), self.env))
+            self.running_specs.append(spec)
 
     def workers_ready(self) -> bool:
         self.check_workers()
@@ -271,6 +307,7 @@ class Bench:
         for child in self.workers:
             child.stop(20)
         self.workers.clear()
+        self.running_specs.clear()
 
 
 # --- phase 1: the drain -------------------------------------------------------------------
@@ -290,6 +327,47 @@ def prequeue(count: int, prefix: str) -> float:
     for n in range(count):
         publish_signup(build_message(email(prefix, n), FORM, fields=FIELDS))
     return count / (time.perf_counter() - started)
+
+
+def run_floor(bench: Bench, signups: int, timeout: float) -> FloorResult:
+    """Drain `signups` pre-queued signup messages through the no-op task (bench/floor.py), in
+    the workers of the layout that take signups; time from the first message taken until the
+    task has returned every batch."""
+    from bench.floor import COUNTER
+
+    specs = [spec for spec in bench.specs if spec.takes_signups]
+    say(f"floor: pre-queueing {signups} signups for the no-op task …")
+    bench.broker.delete(COUNTER)
+    prequeue(signups, f"bench-floor-{int(time.time())}")
+    bench.start_workers(specs, app="bench.floor")
+
+    def first_taken() -> bool:
+        bench.check_workers()
+        return int(bench.broker.llen(SIGNUP_QUEUE)) < signups
+
+    wait_for(first_taken, timeout=180, interval=0.01, what="the floor's first message")
+    started = time.perf_counter()
+    cpu = CpuMeter()
+    cpu.read(bench.processes(), start=True)
+    taken = 0
+    while taken < signups and time.perf_counter() - started < timeout:
+        bench.check_workers()
+        cpu.read(bench.processes(), start=True)
+        time.sleep(0.05)
+        taken = int(bench.broker.get(COUNTER) or 0)
+    seconds = time.perf_counter() - started
+    cpu.read(bench.processes(), start=True)
+    bench.sample_rss()
+    bench.stop_workers()
+    bench.broker.delete(COUNTER)
+    cpu_ms = {k: round(1000 * v / max(1, taken), 3) for k, v in sorted(cpu.used().items())}
+    return FloorResult(
+        signups=signups,
+        seconds=round(seconds, 3),
+        signups_per_second=round(taken / seconds, 1),
+        cpu_ms_per_signup=cpu_ms,
+        complete=taken >= signups,
+    )
 
 
 def run_drain(bench: Bench, signups: int, timeout: float, profile_seconds: float) -> DrainResult:
@@ -612,6 +690,8 @@ def run(args: argparse.Namespace) -> Report:
                 env = clean_env(**listsync_env)
                 run_migrations(env)
                 bench = Bench(emu, children, rss, broker, engine, env, specs, log_dir, schema)
+                if args.floor_signups > 0:
+                    report.floor = run_floor(bench, args.floor_signups, args.timeout)
                 if args.signups > 0:
                     report.drain = run_drain(bench, args.signups, args.timeout, args.profile)
                     if args.profile > 0:
@@ -656,17 +736,31 @@ def run(args: argparse.Namespace) -> Report:
 
 def judge(report: Report) -> None:
     drain, steady, base = report.drain, report.steady, report.baseline
+    floor = report.floor
+    report.drain_per_s = drain.signups_per_second if drain is not None else None
+    report.floor_per_s = floor.signups_per_second if floor is not None else None
+    report.baseline_per_s = base.signups_per_second if base is not None else None
     if drain is not None and base is not None and base.signups_per_second > 0:
         report.ratio = round(drain.signups_per_second / base.signups_per_second, 1)
+    if drain is not None and floor is not None and floor.signups_per_second > 0:
+        report.floor_ratio = round(drain.signups_per_second / floor.signups_per_second, 2)
+        report.targets["drain >= 0.6 x no-op floor"] = (
+            drain.complete and floor.complete and report.floor_ratio >= TARGETS["floor_ratio"]
+        )
     if drain is not None:
-        report.targets["drain >= 3000/s"] = (
-            drain.complete and drain.signups_per_second >= TARGETS["drain_per_second"]
+        report.targets["<= 0.01 Mailchimp calls per signup (drain)"] = (
+            drain.complete and drain.calls_per_signup <= TARGETS["calls_per_signup"]
         )
     if report.ratio is not None:
-        report.targets[">= 30x baseline"] = report.ratio >= TARGETS["ratio"]
+        report.targets[">= 10x baseline"] = report.ratio >= TARGETS["ratio"]
     if steady is not None:
         report.targets["p99 <= 1 s at 20/s"] = (
             steady.missing == 0 and steady.p99_ms <= TARGETS["p99_ms"]
+        )
+    workers = [r for r in report.peak_rss if str(r["process"]).startswith("worker")]
+    if workers:
+        report.targets["peak RSS <= 150 MiB per worker process"] = all(
+            r["peak_rss_mib"] <= TARGETS["rss_mib"] for r in workers
         )
     ours = [r for r in (drain, steady) if r is not None]
     if ours:
@@ -734,6 +828,15 @@ def render(report: Report) -> str:
         "",
     ]
     row: Callable[[str, Any], str] = lambda name, value: f"  {name:34} {value}"  # noqa: E731
+    if (f := report.floor) is not None:
+        lines += [
+            f"no-op floor: {f.signups:,} pre-queued signups, same layout (bench/floor.py)"
+            + ("" if f.complete else " (INCOMPLETE)"),
+            row("messages/s (first take -> all taken)", f"{f.signups_per_second:,.1f}"),
+            row("time", f"{f.seconds:,.2f} s"),
+            row("CPU ms per message", json.dumps(f.cpu_ms_per_signup, sort_keys=True)),
+            "",
+        ]
     if (d := report.drain) is not None:
         lines += [
             f"drain of {d.signups:,} pre-queued signups" + ("" if d.complete else " (INCOMPLETE)"),
@@ -780,8 +883,11 @@ def render(report: Report) -> str:
             row("peak calls in flight (emulator)", b.peak_in_flight),
             "",
         ]
+    if report.floor_ratio is not None:
+        lines += [f"drain / no-op floor: {report.floor_ratio}"]
     if report.ratio is not None:
-        lines += [f"drain ratio listsync / baseline: {report.ratio}x", ""]
+        lines += [f"drain / naive baseline: {report.ratio}x"]
+    lines.append("")
     lines.append("peak RSS (VmHWM)")
     for r in report.peak_rss:
         lines.append(f"  {r['process']:28} pid {r['pid']:>7}  {r['peak_rss_mib']:8.1f} MiB")
@@ -798,6 +904,12 @@ def render(report: Report) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--signups", type=int, default=100_000, help="drain size (0: skip)")
+    parser.add_argument(
+        "--floor-signups",
+        type=int,
+        default=None,
+        help="no-op floor drain size (default: --signups; 0: skip)",
+    )
     parser.add_argument("--baseline-signups", type=int, default=3000, help="0: skip")
     parser.add_argument("--steady-seconds", type=float, default=30.0, help="0: skip")
     parser.add_argument("--steady-rate", type=float, default=20.0, help="signups per second")
@@ -824,7 +936,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=float, default=0.0, metavar="SECONDS")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep worker logs here")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.floor_signups is None:
+        args.floor_signups = args.signups
+    return args
 
 
 def main() -> None:
