@@ -974,6 +974,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
             LISTSYNC_INTAKE_TOKENS=token,
             LISTSYNC_WORKER_CONCURRENCY="2",
             LISTSYNC_WEB_PORT=str(web_port),
+            LISTSYNC_METRICS_PORT=str(free_port()),  # not the default: other runs may hold it
         )
         (log_dir / "var").mkdir(exist_ok=True)
         run_migrations(env)

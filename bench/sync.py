@@ -4,7 +4,7 @@
         [--steady-seconds 30] [--steady-rate 20] [--mailchimp-concurrency 4]
         [--worker QUEUES:POOL:CONCURRENCY[:PREFETCH]] ... [--profile SECONDS] [--json]
 
-Real processes on this machine: the Mailchimp emulator (100 ms per call, 10-connection limit),
+Real processes on one machine: the Mailchimp emulator (100 ms per call, 10-connection limit),
 Celery workers started like production (`celery -A worker worker -Q signups,sync ...`) on a
 fresh PostgreSQL schema in db `test` (dropped after) and Redis DB 8 (`--redis-url`; flushed
 before and after). Phases, in order:

@@ -248,6 +248,9 @@ def main() -> None:
         "LISTSYNC_WEBHOOK_SECRETS": SECRET,
         "LISTSYNC_MAILCHIMP_LIST_ID": LIST_ID,
         "LISTSYNC_LOG_LEVEL": "WARNING",
+        # /metrics on an internal port of this run's own: two runs (or a run and the tests)
+        # at once must not both want the default.
+        "LISTSYNC_METRICS_PORT": str(free_port()),
     }
     logs = ROOT / "var" / "bench" / schema  # per run: two runs at once must not share logs
     logs.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -16,6 +18,7 @@ from tests.helpers import run_listsync
 from worker.db import dispose_engines, get_engine
 from worker.migrate import upgrade
 from worker.models import Base
+from worker.supervise import descendants
 
 
 def test_migrations_produce_exactly_the_models(settings_env: dict[str, str]) -> None:
@@ -189,3 +192,79 @@ def test_postgresql_connections_carry_the_statement_and_connect_timeouts(
     finally:
         dispose_engines()
         get_settings.cache_clear()
+
+
+def _start_layout(settings_env: dict[str, str], tmp_path: Path) -> Any:
+    from tests.helpers import wait_for
+    from worker.supervise import Child
+
+    argv = [sys.executable, "-m", "worker.cli", "worker", "-c", "1"]
+    env = {**os.environ, **settings_env}
+    supervisor = Child("workers", argv, env, log=tmp_path / "workers.log", own_group=True).start()
+    wait_for(
+        lambda: supervisor.log_tail(100_000).count(" ready.") >= 2 or not supervisor.alive(),
+        timeout=90,
+    )
+    assert supervisor.alive(), supervisor.log_tail()
+    return supervisor
+
+
+def _celery_children(pid: int) -> dict[str, int]:
+    """The supervisor's Celery workers by node name (intake, worker)."""
+    import psutil
+
+    found = {}
+    for child in psutil.Process(pid).children():
+        argv = child.cmdline()
+        found[argv[argv.index("--hostname") + 1].split("@")[0]] = child.pid
+    return found
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_listsync_worker_runs_intake_apart_from_the_other_queues_and_stops_them_together(
+    db: str, settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    # The default layout: a flush waiting on Mailchimp never holds a process intake needs.
+    from worker.app import app
+
+    supervisor = _start_layout(settings_env, tmp_path)
+    try:
+        assert set(_celery_children(supervisor.pid)) == {"intake", "worker"}
+        replies = app.control.inspect(timeout=5).active_queues() or {}
+        queues = {node.split("@")[0]: sorted(q["name"] for q in qs) for node, qs in replies.items()}
+        assert queues == {"intake": ["signups"], "worker": ["maintenance", "optouts", "sync"]}
+        everyone = [supervisor.pid, *descendants(supervisor.pid)]
+        supervisor.terminate()  # a warm shutdown of both
+        supervisor.wait_or_kill(60)
+        assert supervisor.exit_code() == 0, supervisor.log_tail()
+        assert not [p for p in everyone if _running(p)]
+    finally:
+        supervisor.kill()
+
+
+def test_when_one_worker_of_the_layout_dies_the_other_is_stopped_and_the_status_says_so(
+    db: str, settings_env: dict[str, str], tmp_path: Path
+) -> None:
+    # A supervisor above (compose, systemd) restarts the layout whole, never half of it.
+    from tests.helpers import wait_for
+
+    supervisor = _start_layout(settings_env, tmp_path)
+    try:
+        workers = _celery_children(supervisor.pid)
+        left = [workers["worker"], *descendants(workers["worker"]), *descendants(workers["intake"])]
+        os.kill(workers["intake"], signal.SIGKILL)
+        supervisor.wait_or_kill(60)
+        assert supervisor.exit_code() not in (0, None), supervisor.log_tail()
+        assert "intake exited with status" in supervisor.log_tail()
+        # The other worker and its pool, and the dead one's pool: nothing is left running.
+        wait_for(lambda: not [p for p in left if _running(p)], timeout=30)
+    finally:
+        supervisor.kill()

@@ -77,6 +77,7 @@ class Run:
 @pytest.fixture
 def listsync_run(tmp_path: Path) -> Iterator[Run]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSYNC_")}
+    env["LISTSYNC_METRICS_PORT"] = str(free_port())  # two runs at once: not both the default
     port = free_port()
     (tmp_path / "var").mkdir()
     (tmp_path / "var").chmod(0o755)  # as an older listsync, or a umask of 022, left it

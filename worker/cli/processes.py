@@ -29,6 +29,11 @@ from worker.files import private_dir, replace_private
 from worker.supervise import Child, Children
 
 QUEUES = "signups,sync,optouts,maintenance"
+#: The default layout (`listsync worker` without -Q, `listsync run`, docker-compose.yml): intake
+#: on a worker of its own, so that a flush waiting on Mailchimp never holds a pool process that
+#: intake needs, and the other queues on a second one. bench/sync.py measures it against one
+#: worker taking every queue (docs/performance.md).
+LAYOUT = {"intake": "signups", "worker": "sync,optouts,maintenance"}
 #: Intake stores queued signups in batches (tasks/signups.py); a worker can only batch what
 #: it has prefetched, so a worker consuming `signups` prefetches a batch's worth.
 INTAKE_PREFETCH = 200
@@ -122,7 +127,13 @@ def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
 
 
 @click.command()
-@click.option("--queues", "-Q", default=QUEUES, show_default=True)
+@click.option(
+    "--queues",
+    "-Q",
+    default=None,
+    help=f"One worker for these queues (of {QUEUES}). Default: the two workers of the layout: "
+    + "; ".join(f"{name} ({queues})" for name, queues in LAYOUT.items()),
+)
 @click.option("--concurrency", "-c", type=int, default=None)
 @click.option(
     "--prefetch-multiplier",
@@ -130,21 +141,62 @@ def web_argv(host: str, port: int, workers: int = 1) -> list[str]:
     default=None,
     help=f"Default: 1, or {INTAKE_PREFETCH}/concurrency when the worker takes signups.",
 )
-@click.option("--name", default="worker", show_default=True, help="Node name (NAME@host).")
+@click.option(
+    "--name",
+    default="worker",
+    show_default=True,
+    help="Node name (NAME@host); the layout's intake is NAME-intake@host (intake@host by default).",
+)
 def worker(
-    queues: str, concurrency: int | None, prefetch_multiplier: int | None, name: str
+    queues: str | None, concurrency: int | None, prefetch_multiplier: int | None, name: str
 ) -> None:
-    """Run a Celery worker (`celery -A worker worker` with listsync's defaults)."""
+    """Run Celery workers (`celery -A worker worker` with listsync's defaults): the layout's
+    two, or one for the queues given with -Q."""
     settings = settings_or_exit()
     check_services(settings)
-    argv = worker_argv(
-        queues,
-        concurrency or settings.worker_concurrency,
-        prefetch_multiplier,
-        name,
-        nice=settings.worker_nice,
-    )
-    os.execvp(argv[0], argv)
+    processes = concurrency or settings.worker_concurrency
+    nice = settings.worker_nice
+    if queues is not None:
+        argv = worker_argv(queues, processes, prefetch_multiplier, name, nice=nice)
+        os.execvp(argv[0], argv)
+    # Node names: the layout's (intake@host, worker@host), prefixed by a --name other than
+    # the default, so two supervisors on one host stay apart (NAME-intake@host, NAME@host).
+    prefix = "" if name == "worker" else f"{name}-"
+    layout = {
+        child: worker_argv(
+            child_queues,
+            processes,
+            prefetch_multiplier,
+            name if child == "worker" else f"{prefix}{child}",
+            nice=nice,
+        )
+        for child, child_queues in LAYOUT.items()
+    }
+    sys.exit(_supervise(layout))
+
+
+def _supervise(argvs: dict[str, list[str]]) -> int:
+    """Run each command until one ends or we are told to stop, then stop them all (a warm
+    shutdown: SIGTERM, then SIGKILL after the grace period). Returns the status to exit with:
+    the ended child's, so a supervisor above (compose, systemd) restarts the whole layout."""
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # One process group with ours: a kill of the group (a crash, `docker kill`) takes them all.
+    children = Children()
+    status = 0
+    try:
+        for name, argv in argvs.items():
+            children.start(name, argv, None)
+        while (exited := children.first_exited()) is None:
+            time.sleep(0.5)
+        click.echo(f"{exited[0]} exited with status {exited[1]}; stopping the rest", err=True)
+        status = exited[1] or 1
+    except (KeyboardInterrupt, _Stop):
+        pass
+    finally:
+        children.stop_all(timeout=30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return status
 
 
 @click.command()
@@ -308,11 +360,11 @@ def _embedded_defaults(
 
 
 def _start_all(children: Children, settings: Settings, env: dict[str, str], web_port: int) -> None:
-    # Intake on its own worker, so its batch-sized prefetch never holds other tasks.
-    nice = settings.worker_nice
-    children.start("intake", worker_argv("signups", 1, name="intake", nice=nice), env)
-    others = "sync,optouts,maintenance"
-    children.start("worker", worker_argv(others, settings.worker_concurrency, nice=nice), env)
+    for name, queues in LAYOUT.items():
+        argv = worker_argv(
+            queues, settings.worker_concurrency, name=name, nice=settings.worker_nice
+        )
+        children.start(name, argv, env)
     children.start("beat", beat_argv(settings.var_dir / "celerybeat-schedule"), env)
     children.start("web", web_argv(settings.web_host, web_port), env)
 
