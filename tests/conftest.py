@@ -355,29 +355,12 @@ class Broker:
 
     def push_raw(self, queue: str, task: str, args: Any, kwargs: Any) -> None:
         """A Celery message built by hand with any arguments, as a foreign producer would."""
-        import json
-        import uuid
-
-        from bench._common import raw_task_message
+        from bench._common import publish_raw_amqp, raw_task_message
 
         if self.kind != "amqp":
             self.redis.lpush(queue, raw_task_message(task, args, kwargs, routing_key=queue))
             return
-        from kombu import Connection
-
-        task_id = str(uuid.uuid4())
-        with Connection(self.url, connect_timeout=5) as conn:
-            conn.default_channel.basic_publish(
-                conn.default_channel.prepare_message(
-                    json.dumps([args, kwargs, {}]),
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id},
-                    properties={"delivery_mode": 2, "correlation_id": task_id},
-                ),
-                exchange="listsync",
-                routing_key=queue,
-            )
+        publish_raw_amqp(self.url, task, args, kwargs, queue)
 
     def drop_connections(self) -> int:
         """Cut every client connection to this test's queues, as a broker restart would."""
