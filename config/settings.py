@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_for_the_rest(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and not value.startswith(REDIS_SCHEMES):
+        if value and not value.startswith(REDIS_SCHEMES):
             raise ValueError("must be a redis:// URL (the call cap, counters and flags need Redis)")
         broker = info.data.get("broker_url")
         if not value and broker is not None and broker.startswith(AMQP_SCHEMES):

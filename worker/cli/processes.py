@@ -302,7 +302,11 @@ def _embedded_defaults(
         click.echo(f"database: {safe_url(settings.database_url)}")
     if settings.broker_url is None:
         env["LISTSYNC_BROKER_URL"] = url = stack.enter_context(embedded_redis(settings.var_dir))
-        _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
+        _say(
+            f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset); for trying "
+            "listsync out: production queues on RabbitMQ (amqp://) or takes signups over "
+            "HTTP, whose 202 comes after the commit (docs/reliability.md, Brokers)"
+        )
     else:
         click.echo(f"broker: {redact_url(settings.broker_url)}")
     emulated = settings.mailchimp_api_key is None
