@@ -297,6 +297,19 @@ def test_redis_refusing_writes_while_a_batch_is_published_again_loses_nothing(
             os.kill(postmaster, signal.SIGCONT)
 
 
+def test_a_parked_message_delivered_again_is_parked_once(db: str) -> None:
+    # Its acknowledgement was lost (the worker or the broker died after the park committed),
+    # so the broker hands the same message out again and it fails the same way.
+    from worker.signups.parked import park
+
+    message = build_message("twice@trust.org", "newsletter_signup", fields={"first_name": POISON})
+    first = park(message, error="database:P0001", attempts=0, channel="queue")
+    assert park(dict(message), error="database:P0001", attempts=0, channel="queue") == first
+    other = build_message("other@trust.org", "newsletter_signup")
+    assert park(other, error="database:P0001", attempts=0, channel="queue") != first
+    assert count(ParkedSignup) == 2
+
+
 def test_only_positions_the_task_names_are_acknowledged() -> None:
     from tasks.batching import settled_positions
 
