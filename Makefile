@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint audit install clean
+.PHONY: run test test-amqp lint audit install clean
 
 $(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,15 @@ TEST_WORKERS ?= 2
 
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The queue path again with RabbitMQ as the broker (RabbitMQ on 127.0.0.1:5672, guest/guest;
+# each test process in a vhost of its own): intake, sync, the small drill, and the ops tests
+# that read the queues. The rest of the suite does not touch the broker's own behaviour.
+AMQP_TESTS ?= tests/sync tests/drill tests/ops/test_status.py tests/ops/test_metrics.py \
+	tests/ops/test_compose.py tests/ops/test_flower.py
+
+test-amqp: $(STAMP)
+	LISTSYNC_TEST_BROKER=amqp $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) $(AMQP_TESTS)
 
 clean:
 	rm -rf $(VENV) var

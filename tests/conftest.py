@@ -144,8 +144,13 @@ def _rabbitmqctl(*args: str) -> str:
 
 
 if BROKER == "amqp":
-    _rabbitmqctl("add_vhost", AMQP_VHOST)
-    _rabbitmqctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*")
+    try:
+        _rabbitmqctl("add_vhost", AMQP_VHOST)
+        _rabbitmqctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*")
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise pytest.UsageError(
+            f"LISTSYNC_TEST_BROKER=amqp but RabbitMQ's rabbitmqctl does not answer: {exc}"
+        ) from None
     os.environ["LISTSYNC_BROKER_URL"] = f"{AMQP_BASE}/{AMQP_VHOST}"
     os.environ["LISTSYNC_REDIS_URL"] = REDIS_URL
 else:
