@@ -21,6 +21,11 @@ settle, and prints: signups lost, re-subscriptions after an opt-out, local/emula
 disagreements, events applied twice, PII lines in the process logs, signups parked (must
 equal the poison sent), the call cap, and the time to settle. Exit status 1 when any is
 off. docs/reliability.md has the details and the figures.
+
+With --broker rabbitmq the queues run on a RabbitMQ node of the drill's own (own node name,
+ports, data and config; the shared node is never touched), which is crashed (SIGKILL) and
+started again once; Redis then keeps only the call cap, counters and flags, and is still
+wiped and filled.
 """
 
 from __future__ import annotations
