@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint audit install clean
+.PHONY: run test test-amqp lint audit install clean
 
 $(STAMP): pyproject.toml deploy/requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,22 @@ audit: $(STAMP)
 # runs them in this process; each worker gets Redis DBs of its own (tests/conftest.py).
 TEST_WORKERS ?= 2
 
+# Then the queue path again on RabbitMQ (test-amqp, below): always under CI=true, else when a
+# local RabbitMQ answers.
 test: lint
 	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	@if [ -n "$$CI" ] || rabbitmqctl -q await_startup --timeout 2 >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory test-amqp; \
+	else echo "not covered: the RabbitMQ pass (no RabbitMQ answering; see make test-amqp)"; fi
+
+# The queue path again with RabbitMQ as the broker (RabbitMQ on 127.0.0.1:5672, guest/guest;
+# each test process in a vhost of its own): intake, sync, the small drill, and the ops tests
+# that read the queues. The rest of the suite does not touch the broker's own behaviour.
+AMQP_TESTS ?= tests/sync tests/drill tests/ops/test_status.py tests/ops/test_metrics.py \
+	tests/ops/test_compose.py tests/ops/test_flower.py
+
+test-amqp: $(STAMP)
+	LISTSYNC_TEST_BROKER=amqp $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) $(AMQP_TESTS)
 
 clean:
 	rm -rf $(VENV) var

@@ -11,6 +11,7 @@ from celery.schedules import crontab
 from kombu import Exchange, Queue
 
 from config import get_settings
+from config.settings import AMQP_SCHEMES
 
 _settings = get_settings()
 
@@ -29,14 +30,27 @@ UNACKED_RESTORE_INTERVAL_SECONDS = 10
 
 broker_url = _settings.broker_url or "redis://127.0.0.1:6379/0"
 broker_connection_retry_on_startup = True
-broker_transport_options = {
-    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
-    "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_SECONDS,
-    "unacked_restore_throttle": 1,
-    # Fail fast when Redis is away rather than hang a web request that enqueues.
-    "socket_connect_timeout": 5,
-    "socket_timeout": 10,
-}
+if broker_url.startswith(AMQP_SCHEMES):
+    # RabbitMQ: durable queues (below), persistent messages, and publisher confirms, so a
+    # publish returns only once the broker has taken the message (a refusal raises instead
+    # of vanishing). A message a worker took stays unacknowledged on the broker until the
+    # worker acknowledges it; a lost connection hands it back at once: no visibility timeout.
+    broker_transport_options: dict[str, object] = {
+        "confirm_publish": True,
+        # Fail fast when RabbitMQ is away rather than hang a web request that enqueues.
+        "connect_timeout": 5,
+    }
+else:
+    broker_transport_options = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_SECONDS,
+        "unacked_restore_throttle": 1,
+        # Fail fast when Redis is away rather than hang a web request that enqueues.
+        "socket_connect_timeout": 5,
+        "socket_timeout": 10,
+    }
+# Written to disk by RabbitMQ (delivery_mode 2); the Redis transport ignores it.
+task_default_delivery_mode = "persistent"
 
 task_serializer = "json"
 result_serializer = "json"
@@ -63,9 +77,13 @@ worker_task_log_format = (
     "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: %(message)s"
 )
 
-_default_exchange = Exchange("listsync", type="direct")
+# Classic durable queues on RabbitMQ, not quorum queues: Celery turns global QoS off for
+# quorum queues, and countdown/ETA messages (a signup published again, a retry) are held
+# unacknowledged by the worker that took them, which needs the prefetch window celery-batches
+# batches in (docs/reliability.md, "Brokers").
+_default_exchange = Exchange("listsync", type="direct", durable=True)
 task_queues = [
-    Queue(name, _default_exchange, routing_key=name)
+    Queue(name, _default_exchange, routing_key=name, durable=True)
     for name in ("signups", "sync", "optouts", "maintenance")
 ]
 task_default_queue = "maintenance"

@@ -119,6 +119,28 @@ def raw_task_message(task: str, args: Any, kwargs: Any, routing_key: str = "sign
     )
 
 
+def publish_raw_amqp(url: str, task: str, args: Any, kwargs: Any, queue: str = "signups") -> None:
+    """The same hand-built message published to RabbitMQ: the body is [args, kwargs, embed],
+    the Celery headers are AMQP headers, persistent, to exchange `listsync` with the queue's
+    name as routing key, confirmed by the broker before this returns."""
+    from kombu import Connection
+
+    task_id = str(uuid.uuid4())
+    with Connection(url, connect_timeout=5, transport_options={"confirm_publish": True}) as conn:
+        channel = conn.default_channel
+        channel.basic_publish(
+            channel.prepare_message(
+                json.dumps([args, kwargs, {}]),
+                content_type="application/json",
+                content_encoding="utf-8",
+                headers={"lang": "py", "task": task, "id": task_id, "root_id": task_id},
+                properties={"delivery_mode": 2, "correlation_id": task_id},
+            ),
+            exchange="listsync",
+            routing_key=queue,
+        )
+
+
 # --- child processes ----------------------------------------------------------------------
 
 

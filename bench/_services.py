@@ -1,9 +1,10 @@
-"""Private servers for the fault drill and the fault tests: a PostgreSQL and a Redis of their
-own, on free ports, that can be stopped, restarted and starved without touching the shared
-servers other tests use.
+"""Private servers for the fault drill and the fault tests: a PostgreSQL, a Redis and a
+RabbitMQ node of their own, on free ports, that can be stopped, restarted and starved without
+touching the shared servers other tests use.
 
     with PrivatePostgres() as pg: ...      # pg.url; pg.stop(); pg.start(); pg.restart()
     with PrivateRedis(tmp) as r: ...       # r.url; r.refuse_writes(); r.accept_writes()
+    with PrivateRabbit(tmp) as q: ...      # q.url; q.crash(); q.start(); q.messages()
 """
 
 from __future__ import annotations
@@ -174,3 +175,110 @@ class PrivateRedis:
 
     def accept_writes(self) -> None:
         self.client.config_set("maxmemory", 0)
+
+
+class PrivateRabbit:
+    """A RabbitMQ node of its own (`rabbitmq-server` in the foreground, as a child), on free
+    ports, its database in a directory of its own, no plugins: it can be crashed and restarted
+    without touching the shared node. Its data survives a restart, as a real node's does.
+    Started as root, `rabbitmq-server` runs the node as the `rabbitmq` user, so the directory
+    belongs to that user (as PrivatePostgres's does to `postgres`); `log_dir` gets its output."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.port = free_port()
+        self.node = f"listsync-drill-{os.getpid()}-{self.port}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.base = base = Path(tempfile.mkdtemp(prefix="listsync-rabbitmq-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        plugins = base / "enabled-plugins"
+        plugins.write_text("[].\n")
+        # Files of its own, not /etc/rabbitmq's: those name the shared node and its port.
+        conf = base / "rabbitmq.conf"
+        conf.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        env_file = base / "rabbitmq-env.conf"
+        env_file.write_text("ERL_EPMD_ADDRESS=127.0.0.1\n")
+        for directory in ("mnesia", "log"):
+            (base / directory).mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            for path in (base, plugins, conf, env_file, base / "mnesia", base / "log"):
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins),
+            "RABBITMQ_CONFIG_FILE": str(conf),
+            "RABBITMQ_CONF_ENV_FILE": str(env_file),
+            "RABBITMQ_PID_FILE": str(base / "rabbitmq.pid"),
+            "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),
+        }
+        argv = ["rabbitmq-server"]
+        if os.geteuid() == 0:
+            # /usr/sbin/rabbitmq-server would `su` to the user, in a session of its own that a
+            # kill of this child's process group would miss: runuser keeps it in the group.
+            server = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            argv = ["runuser", "-u", "rabbitmq", "--", str(server)]
+        self.proc = Child("rabbitmq", argv, env, log=log_dir / "rabbitmq.log", own_group=True)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        result = subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {args[0]}: {result.stderr.strip()[:300]}")
+        return result.stdout
+
+    def up(self) -> bool:
+        try:
+            self.ctl("await_startup", "--timeout", "5", timeout=15)
+            return True
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return False
+
+    def start(self) -> None:
+        self.proc.start()
+        _wait(lambda: self.up() or not self.proc.alive(), 90, "the private RabbitMQ node")
+        if not self.proc.alive():
+            raise RuntimeError(f"the private RabbitMQ node exited: {self.proc.log_tail(600)}")
+
+    def crash(self) -> None:
+        """SIGKILL the node: what it had not written to disk is gone, as in a power cut."""
+        self.proc.kill()
+
+    def messages(self) -> dict[str, tuple[int, int]]:
+        """(ready, unacknowledged) messages by queue."""
+        out = self.ctl(
+            "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
+        )
+        counts: dict[str, tuple[int, int]] = {}
+        for line in out.splitlines():
+            parts = line.split("\t")
+            if len(parts) == 3:
+                counts[parts[0]] = (int(parts[1]), int(parts[2]))
+        return counts
+
+    def __enter__(self) -> PrivateRabbit:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.proc.alive():
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self.ctl("stop", timeout=60)
+        self.proc.stop(10)
+        shutil.rmtree(self.base, ignore_errors=True)

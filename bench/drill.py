@@ -21,6 +21,11 @@ settle, and prints: signups lost, re-subscriptions after an opt-out, local/emula
 disagreements, events applied twice, PII lines in the process logs, signups parked (must
 equal the poison sent), the call cap, and the time to settle. Exit status 1 when any is
 off. docs/reliability.md has the details and the figures.
+
+With --broker rabbitmq the queues run on a RabbitMQ node of the drill's own (own node name,
+ports, data and config; the shared node is never touched), which is crashed (SIGKILL) and
+started again once; Redis then keeps only the call cap, counters and flags, and is still
+wiped and filled.
 """
 
 from __future__ import annotations
@@ -54,8 +59,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import clean_env, raw_task_message, run_migrations, wait_for  # noqa: E402
-from bench._services import PrivatePostgres, PrivateRedis  # noqa: E402
+from bench._common import (  # noqa: E402
+    clean_env,
+    publish_raw_amqp,
+    raw_task_message,
+    run_migrations,
+    wait_for,
+)
+from bench._services import PrivatePostgres, PrivateRabbit, PrivateRedis  # noqa: E402
 from worker.addresses import email_hash  # noqa: E402
 from worker.cli.processes import emulator_audience, free_port, register_webhook  # noqa: E402
 from worker.emulator.process import EmulatorProcess  # noqa: E402
@@ -126,6 +137,10 @@ class DrillConfig:
     keep_db: bool = False
     #: Redis as production runs it (append-only file): its restart is a crash, not a wipe.
     redis_persistent: bool = False
+    #: The queues' broker: "redis" (the drill's Redis, as above) or "rabbitmq" (a RabbitMQ
+    #: node of the drill's own, crashed with SIGKILL and started again `redis_restarts`
+    #: times; Redis then holds only the call cap, counters and flags, and is still wiped).
+    broker: str = "redis"
 
 
 @dataclass
@@ -460,7 +475,15 @@ class Website:
         # Constructor arguments take precedence over the config object's broker_url.
         self.app = Celery("drill-website", broker=broker_url, set_as_current=False)
         self.app.config_from_object("celeryconfig")
-        self.broker = redis.Redis.from_url(broker_url, socket_connect_timeout=2, socket_timeout=5)
+        self.broker_url = broker_url
+        self.amqp = broker_url.startswith("amqp")
+        if self.amqp:  # celeryconfig chose its options for this process's (unset) broker
+            self.app.conf.broker_transport_options = {"confirm_publish": True, "connect_timeout": 5}
+            self.broker = None
+        else:
+            self.broker = redis.Redis.from_url(
+                broker_url, socket_connect_timeout=2, socket_timeout=5
+            )
         self.web_url, self.token = web_url, token
         self.retries: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -482,7 +505,10 @@ class Website:
             try:
                 if s.kind.startswith("malformed:"):
                     args, kwargs = malformed_envelope(s.kind.split(":", 1)[1], message)
-                    self.broker.lpush("signups", raw_task_message(RECEIVE_TASK, args, kwargs))
+                    if self.broker is None:
+                        publish_raw_amqp(self.broker_url, RECEIVE_TASK, args, kwargs)
+                    else:
+                        self.broker.lpush("signups", raw_task_message(RECEIVE_TASK, args, kwargs))
                     s.accepted = True
                     return
                 if s.channel == "queue":
@@ -636,8 +662,10 @@ class Chaos:
         postgres: PrivatePostgres,
         rng: random.Random,
         full_seconds: float,
+        rabbit: PrivateRabbit | None = None,
     ):
         self.procs, self.redis, self.postgres, self.rng = procs, redis_server, postgres, rng
+        self.rabbit = rabbit
         self.full_seconds = full_seconds
         self.redis_full = False
         self.done: Counter[str] = Counter()
@@ -651,6 +679,8 @@ class Chaos:
     def plan(self, config: DrillConfig, start: float, window: float) -> None:
         targets = [w for w in WORKERS for _ in range(config.kills_per_worker)]
         targets += ["redis"] * config.redis_restarts + ["web"] * config.web_kills
+        if self.rabbit is not None:
+            targets += ["rabbitmq"] * config.redis_restarts
         targets += ["redis_full"] * config.redis_fills + ["postgres"] * config.postgres_restarts
         for target in targets:
             self._push(start + window * self.rng.uniform(0.05, 0.85), "kill", target)
@@ -694,6 +724,8 @@ class Chaos:
             self.log.append(f"{now - t0:6.1f}s {what} {target}")
 
     def _is_up(self, target: str) -> bool:
+        if target == "rabbitmq":
+            return self.rabbit is not None and self.rabbit.proc.alive()
         if target == "redis":
             return self.redis.proc.alive()
         if target == "redis_full":
@@ -704,7 +736,10 @@ class Chaos:
 
     def _kill(self, target: str) -> None:
         """Kill a process; "redis_full" fills Redis, "postgres" stops the database."""
-        if target == "redis":
+        if target == "rabbitmq":
+            assert self.rabbit is not None
+            self.rabbit.crash()
+        elif target == "redis":
             self.wiped_keys |= self.redis.stop()
         elif target == "redis_full":
             self.redis.set_full(True)
@@ -715,7 +750,11 @@ class Chaos:
             self.procs[target].kill()
 
     def _start(self, target: str) -> None:
-        if target == "redis":
+        if target == "rabbitmq":
+            assert self.rabbit is not None
+            # Not waited for: clients find it back on their own, as after a real restart.
+            self.rabbit.proc.start()
+        elif target == "redis":
             self.redis.start_if_down()
         elif target == "redis_full":
             self.redis.set_full(False)
@@ -724,6 +763,44 @@ class Chaos:
             self.postgres.start()
         else:
             self.procs[target].start()
+
+
+class DrillBroker:
+    """The queues as the drill watches them, on Redis or on the drill's RabbitMQ node."""
+
+    QUEUES = ("signups", "sync", "optouts", "maintenance")
+
+    def __init__(self, redis_server: RedisServer, rabbit: PrivateRabbit | None) -> None:
+        self.redis, self.rabbit = redis_server, rabbit
+
+    def busy(self, *, others_idle: bool = True) -> dict[str, int]:
+        """Messages waiting in each queue, and signup messages taken but not acknowledged;
+        `broker_down` when it cannot tell."""
+        if self.rabbit is None:
+            try:
+                client = self.redis.client
+                out = {f"queue_{q}": int(client.llen(q)) for q in self.QUEUES}
+                out["unacked_signups"] = unacked_signups(client)
+                return out
+            except redis.RedisError:
+                return {"broker_down": 1}
+        from worker.status import AmqpBroker
+
+        try:
+            ready = AmqpBroker(self.rabbit.url).message_counts(self.QUEUES)
+            out = {f"queue_{q}": n for q, n in ready.items()}
+            # Unacknowledged counts need rabbitmqctl (no management plugin), an Erlang VM
+            # started per call: asked only once everything else is idle.
+            if others_idle and not any(out.values()):
+                out["unacked_signups"] = self.rabbit.messages().get("signups", (0, 0))[1]
+            return out
+        except Exception:
+            return {"broker_down": 1}
+
+    def intake_taken(self) -> bool:
+        """Every queued signup taken and acknowledged."""
+        busy = self.busy()
+        return busy.get("queue_signups", 1) == 0 and busy.get("unacked_signups", 1) == 0
 
 
 # --- the checks ---------------------------------------------------------------------------
@@ -775,7 +852,7 @@ class Inspector:
         signups: list[Signup],
         seeded: dict[str, str],
         actions: Actions,
-        broker: redis.Redis,
+        broker: DrillBroker,
         wiped: set[str],
     ) -> Checks:
         """`wiped`: keys of signups still in the broker's queue when Redis was wiped."""
@@ -868,7 +945,7 @@ class Inspector:
             return ""
         return "done_but_not_in_audience"
 
-    def busy(self, broker: redis.Redis) -> dict[str, int]:
+    def busy(self, broker: DrillBroker) -> dict[str, int]:
         """Work still in flight anywhere: outbox, inbox, broker queues and unacked messages."""
         out: dict[str, int] = {}
         for state, n in self.rows("SELECT state, count(*) FROM sync_job GROUP BY state"):
@@ -876,12 +953,7 @@ class Inspector:
                 out[f"jobs_{state}"] = int(n)
         for (n,) in self.rows("SELECT count(*) FROM webhook_event WHERE state = 'pending'"):
             out["events_pending"] = int(n)
-        try:
-            for queue in ("signups", "sync", "optouts", "maintenance"):
-                out[f"queue_{queue}"] = int(broker.llen(queue))
-            out["unacked_signups"] = unacked_signups(broker)
-        except redis.RedisError:
-            out["broker_down"] = 1
+        out.update(broker.busy(others_idle=not any(out.values())))
         out["webhooks_in_progress"] = int(self.emu.counters()["webhooks"]["in_progress"])
         return out
 
@@ -946,6 +1018,16 @@ def run_drill(config: DrillConfig) -> DrillReport:
         redis_server = RedisServer(log_dir, persistent=config.redis_persistent)
         stack.callback(redis_server.proc.stop)
         redis_server.start()
+        rabbit: PrivateRabbit | None = None
+        broker_env = {"LISTSYNC_BROKER_URL": redis_server.url}
+        if config.broker == "rabbitmq":
+            rabbit = PrivateRabbit(log_dir)
+            stack.callback(rabbit.stop)
+            rabbit.start()
+            broker_env = {"LISTSYNC_BROKER_URL": rabbit.url, "LISTSYNC_REDIS_URL": redis_server.url}
+        elif config.broker != "redis":
+            raise ValueError(f"broker {config.broker!r}: must be redis or rabbitmq")
+        broker = DrillBroker(redis_server, rabbit)
         postgres = stack.enter_context(PrivatePostgres(keep=config.keep_db))
         db_url = postgres.url
         state_file = log_dir / "emulator-state.json"
@@ -960,7 +1042,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
         secret, token = uuid.uuid4().hex + "-wh", uuid.uuid4().hex + "-in"
         env = clean_env(
             LISTSYNC_DATABASE_URL=db_url,
-            LISTSYNC_BROKER_URL=redis_server.url,
+            **broker_env,
             LISTSYNC_VAR_DIR=str(log_dir / "var"),
             LISTSYNC_MAILCHIMP_API_KEY=emu.api_key,
             LISTSYNC_MAILCHIMP_BASE_URL=emu.base_url,
@@ -974,7 +1056,8 @@ def run_drill(config: DrillConfig) -> DrillReport:
             LISTSYNC_INTAKE_TOKENS=token,
             LISTSYNC_WORKER_CONCURRENCY="2",
             LISTSYNC_WEB_PORT=str(web_port),
-            LISTSYNC_METRICS_PORT=str(free_port()),  # not the default: other runs may hold it
+            # A port of its own: another drill or `listsync web` may hold the default 9108.
+            LISTSYNC_METRICS_PORT=str(free_port()),
         )
         (log_dir / "var").mkdir(exist_ok=True)
         run_migrations(env)
@@ -1010,7 +1093,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
         inspector = Inspector(create_engine(db_url), emu, state_file)
         stack.callback(inspector.engine.dispose)
         emu.set_faults(rates=FAULT_RATES, timeout_hold_s=TIMEOUT_HOLD_S)
-        website = Website(redis_server.url, web_url, token)
+        website = Website(broker_env["LISTSYNC_BROKER_URL"], web_url, token)
         stop = threading.Event()
         stack.callback(stop.set)
         t0 = time.monotonic()
@@ -1032,11 +1115,16 @@ def run_drill(config: DrillConfig) -> DrillReport:
         )
         actor.start()
         chaos = Chaos(
-            procs, redis_server, postgres, random.Random(config.seed + 2), config.redis_full_seconds
+            procs,
+            redis_server,
+            postgres,
+            random.Random(config.seed + 2),
+            config.redis_full_seconds,
+            rabbit,
         )
         if config.faults_after_intake:
             sender.join()
-            wait_for(lambda: _intake_taken(redis_server.client), 120, what="signups queue drained")
+            wait_for(broker.intake_taken, 120, interval=0.5, what="signups queue drained")
             chaos.plan(config, time.monotonic(), max(5.0, t0 + window - time.monotonic()))
         else:
             chaos.plan(config, t0, window)
@@ -1067,7 +1155,7 @@ def run_drill(config: DrillConfig) -> DrillReport:
         report.evidence["fault_schedule"] = chaos.log
 
         def check() -> Checks:
-            return inspector.check(signups, seeded, actions, redis_server.client, chaos.wiped_keys)
+            return inspector.check(signups, seeded, actions, broker, chaos.wiped_keys)
 
         first_pass: dict[str, float | None] = {}
         settled_at: float | None = None
@@ -1179,13 +1267,6 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _intake_taken(client: redis.Redis) -> bool:
-    try:
-        return int(client.llen("signups")) == 0 and unacked_signups(client) == 0
-    except redis.RedisError:
-        return False
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signups", type=int, default=DrillConfig.signups)
@@ -1196,6 +1277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--keep-db", action="store_true", help="keep the drill's schema")
+    parser.add_argument(
+        "--broker",
+        choices=("redis", "rabbitmq"),
+        default=DrillConfig.broker,
+        help="the queues' broker: the drill's Redis, or a RabbitMQ node of its own",
+    )
     parser.add_argument(
         "--redis-persistent",
         action="store_true",
@@ -1211,6 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=args.log_dir,
         keep_db=args.keep_db,
         redis_persistent=args.redis_persistent,
+        broker=args.broker,
     )
     report = run_drill(config)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.summary())

@@ -10,8 +10,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: URL schemes of a Redis server, and of RabbitMQ (kombu's py-amqp transport).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
 
 #: Mailchimp allows 10 simultaneous connections per account; we never go above it.
 MAILCHIMP_HARD_CONCURRENCY_LIMIT = 10
@@ -57,7 +61,14 @@ class Settings(BaseSettings):
     )
     broker_url: str | None = Field(
         default=None,
-        description="Redis URL of the Celery broker. Unset: `listsync run` embeds a Redis server.",
+        description="URL of the Celery broker: RabbitMQ (amqp://, production) or Redis "
+        "(redis://). Unset: `listsync run` embeds a Redis server.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        validate_default=True,
+        description="Redis for everything but the queues (the Mailchimp call cap, counters, "
+        "nudge flags). Unset: the broker's URL, when the broker is Redis.",
     )
     broker_visibility_timeout_seconds: int = Field(
         default=120,
@@ -208,9 +219,22 @@ class Settings(BaseSettings):
 
     @field_validator("broker_url")
     @classmethod
-    def _redis_broker(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis:// URL (the outbox and the call cap need Redis)")
+    def _known_broker(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(REDIS_SCHEMES + AMQP_SCHEMES):
+            raise ValueError("must be an amqp:// (RabbitMQ) or redis:// URL")
+        return value or None
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_for_the_rest(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and not value.startswith(REDIS_SCHEMES):
+            raise ValueError("must be a redis:// URL (the call cap, counters and flags need Redis)")
+        broker = info.data.get("broker_url")
+        if not value and broker is not None and broker.startswith(AMQP_SCHEMES):
+            raise ValueError(
+                "must be set when LISTSYNC_BROKER_URL is an amqp:// URL: RabbitMQ carries the "
+                "queues, Redis the call cap, counters and flags"
+            )
         return value or None
 
     @field_validator("webhook_secrets", "intake_tokens")
@@ -262,6 +286,10 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.broker_url is not None and self.broker_url.startswith(AMQP_SCHEMES)
 
 
 @lru_cache(maxsize=1)

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,7 +125,36 @@ if not PG_UP:
     )
 DB_BACKENDS = ["sqlite", "postgresql"] if PG_UP else ["sqlite"]
 
-os.environ["LISTSYNC_BROKER_URL"] = REDIS_URL
+#: The broker the queues run on: `redis` (default) or `amqp` (RabbitMQ at
+#: LISTSYNC_TEST_AMQP_URL, each test process in a vhost of its own, removed at the end).
+BROKER = os.environ.get("LISTSYNC_TEST_BROKER", "redis")
+if BROKER not in {"redis", "amqp"}:
+    raise pytest.UsageError(f"LISTSYNC_TEST_BROKER={BROKER!r}: must be redis or amqp")
+AMQP_BASE = os.environ.get("LISTSYNC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672")
+AMQP_VHOST = f"listsync-test-{os.getpid()}"
+
+
+def _rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {args[0]} failed: {result.stderr.strip()[:300]}")
+    return result.stdout
+
+
+if BROKER == "amqp":
+    try:
+        _rabbitmqctl("add_vhost", AMQP_VHOST)
+        _rabbitmqctl("set_permissions", "-p", AMQP_VHOST, "guest", ".*", ".*", ".*")
+    except (OSError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        raise pytest.UsageError(
+            f"LISTSYNC_TEST_BROKER=amqp but RabbitMQ's rabbitmqctl does not answer: {exc}"
+        ) from None
+    os.environ["LISTSYNC_BROKER_URL"] = f"{AMQP_BASE}/{AMQP_VHOST}"
+    os.environ["LISTSYNC_REDIS_URL"] = REDIS_URL
+else:
+    os.environ["LISTSYNC_BROKER_URL"] = REDIS_URL
 # Each test process's `listsync web` (and run) puts /metrics on an internal port of its own.
 os.environ["LISTSYNC_METRICS_PORT"] = str(_free_port())
 os.environ.setdefault("LISTSYNC_VAR_DIR", str(ROOT / "var" / "test"))
@@ -132,6 +162,9 @@ for _name in list(os.environ):
     # A developer's own settings must not leak into the tests.
     if _name.startswith("LISTSYNC_") and _name not in {
         "LISTSYNC_BROKER_URL",
+        "LISTSYNC_REDIS_URL",
+        "LISTSYNC_TEST_BROKER",
+        "LISTSYNC_TEST_AMQP_URL",
         "LISTSYNC_METRICS_PORT",
         "LISTSYNC_VAR_DIR",
         "LISTSYNC_TEST_POSTGRES_URL",
@@ -141,11 +174,19 @@ for _name in list(os.environ):
 os.chdir(ROOT)  # the default .env lookup is relative; keep it deterministic
 
 
+if BROKER == "amqp":
+    NOT_COVERED.append("tests of the Redis broker's own behaviour (marked redis_broker)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Without PostgreSQL (never in CI), leave out the tests that only run on it, and say so."""
-    if PG_UP:
+    """Without PostgreSQL (never in CI), leave out the tests that only run on it, and say so;
+    on RabbitMQ, leave out the tests of the Redis broker's own behaviour."""
+    left_out = set() if PG_UP else {"postgres_only"}
+    if BROKER == "amqp":
+        left_out.add("redis_broker")
+    if not left_out:
         return
-    kept = [item for item in items if item.get_closest_marker("postgres_only") is None]
+    kept = [item for item in items if not any(item.get_closest_marker(m) for m in left_out)]
     if len(kept) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept
@@ -162,6 +203,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     from worker.db import dispose_engines
 
     dispose_engines()
+    if BROKER == "amqp":
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            _rabbitmqctl("delete_vhost", AMQP_VHOST)
     if _embedded_redis is not None:
         _embedded_redis.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -248,6 +292,107 @@ def redis_client() -> Iterator[object]:
     client.close()
 
 
+class Broker:
+    """The queues of this test process, on either broker, seen as the tests need them."""
+
+    QUEUES = ("signups", "sync", "optouts", "maintenance")
+
+    def __init__(self, redis_client: object) -> None:
+        import redis
+
+        assert isinstance(redis_client, redis.Redis)
+        self.redis = redis_client
+        self.kind = BROKER
+        self.url = os.environ["LISTSYNC_BROKER_URL"]
+
+    def purge(self) -> None:
+        """Empty every queue (Redis: the test's DB is flushed by `redis_client`)."""
+        if self.kind != "amqp":
+            return
+        from amqp.exceptions import NotFound
+        from kombu import Connection
+
+        with Connection(self.url, connect_timeout=5) as conn:
+            channel = conn.channel()
+            for queue in self.QUEUES:
+                try:
+                    channel.queue_purge(queue)
+                except NotFound:
+                    channel = conn.channel()
+
+    def lose_everything(self) -> None:
+        """The broker and Redis lose every message and key they held."""
+        self.redis.flushdb()
+        self.purge()
+
+    def queued(self, queue: str = "signups") -> int:
+        """Messages waiting in `queue` (not taken by a worker)."""
+        from worker.status import broker_client, queue_lengths
+
+        return queue_lengths(broker_client())[queue]
+
+    def settled(self, queue: str = "signups") -> bool:
+        """Nothing waiting in `queue` and nothing taken from it but unacknowledged."""
+        if self.kind != "amqp":
+            return self.redis.llen(queue) == 0 and self.redis.hlen("unacked") == 0
+        out = _rabbitmqctl(
+            "list_queues", "-p", AMQP_VHOST, "--no-table-headers", "name", "messages"
+        )
+        totals = dict(line.split("\t") for line in out.splitlines() if "\t" in line)
+        return int(totals.get(queue, 0)) == 0
+
+    def messages(self, queue: str = "signups") -> list[tuple[dict[str, Any], Any]]:
+        """Each message waiting in `queue` as (Celery headers, decoded body), left in place."""
+        import base64
+        import json
+
+        if self.kind != "amqp":
+            raws = [json.loads(raw) for raw in self.redis.lrange(queue, 0, -1)]
+            return [(m["headers"], json.loads(base64.b64decode(m["body"]))) for m in raws]
+        from kombu import Connection
+
+        out = []
+        with Connection(self.url, connect_timeout=5) as conn:
+            channel = conn.channel()  # closed unacknowledged: RabbitMQ requeues every one
+            while (message := channel.basic_get(queue, no_ack=False)) is not None:
+                out.append((dict(message.headers), json.loads(message.body)))
+        return out
+
+    def push_raw(self, queue: str, task: str, args: Any, kwargs: Any) -> None:
+        """A Celery message built by hand with any arguments, as a foreign producer would."""
+        from bench._common import publish_raw_amqp, raw_task_message
+
+        if self.kind != "amqp":
+            self.redis.lpush(queue, raw_task_message(task, args, kwargs, routing_key=queue))
+            return
+        publish_raw_amqp(self.url, task, args, kwargs, queue)
+
+    def drop_connections(self) -> int:
+        """Cut every client connection to this test's queues, as a broker restart would."""
+        if self.kind != "amqp":
+            client = self.redis
+            db = client.connection_pool.connection_kwargs.get("db", 0)
+            me = client.client_id()
+            others = [c for c in client.client_list() if int(c["db"]) == db and int(c["id"]) != me]
+            for c in others:
+                client.client_kill_filter(_id=c["id"])
+            return len(others)
+        out = _rabbitmqctl("list_connections", "--no-table-headers", "vhost")
+        held = sum(1 for line in out.splitlines() if line.strip() == AMQP_VHOST)
+        if held:
+            _rabbitmqctl("close_all_connections", "-p", AMQP_VHOST, "test: connections cut")
+        return held
+
+
+@pytest.fixture
+def broker(redis_client: object) -> Iterator[Broker]:
+    """This test's queues, empty at the start, on the broker under test."""
+    queues = Broker(redis_client)
+    queues.purge()
+    yield queues
+    queues.purge()
+
+
 def reset_batch_tasks(app: object) -> None:
     """Forget celery-batches state left by a previous worker in this process.
 
@@ -269,8 +414,8 @@ def reset_batch_tasks(app: object) -> None:
 
 
 @pytest.fixture
-def celery_worker(db: str, redis_client: object) -> Iterator[object]:
-    """A real Celery worker (threads pool) consuming our queues from the real Redis."""
+def celery_worker(db: str, broker: Broker) -> Iterator[object]:
+    """A real Celery worker (threads pool) consuming our queues from the real broker."""
     from celery.contrib.testing.worker import start_worker
 
     from worker.app import app

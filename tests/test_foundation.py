@@ -49,7 +49,8 @@ def test_db_upgrade_command_migrates_a_new_database(settings_env: dict[str, str]
     [
         ("LISTSYNC_MAILCHIMP_CONCURRENCY", "11", "less than or equal to 10"),
         ("LISTSYNC_DATABASE_URL", "mysql://x/y", "sqlite:/// or postgresql"),
-        ("LISTSYNC_BROKER_URL", "amqp://guest@localhost//", "redis://"),
+        ("LISTSYNC_BROKER_URL", "http://localhost:5672/", "amqp:// (RabbitMQ) or redis://"),
+        ("LISTSYNC_REDIS_URL", "amqp://guest@localhost//", "must be a redis:// URL"),
         ("LISTSYNC_WEB_PORT", "eighty", "valid integer"),
         ("LISTSYNC_WEBHOOK_SECRETS", "short", "at least 16 characters"),
     ],

@@ -109,6 +109,7 @@ def test_run_starts_everything_with_embedded_defaults_and_stops_cleanly(
     text = run.text
     assert "embedded SQLite file var/listsync.db" in text
     assert "embedded Redis server" in text
+    assert "for trying listsync out: production queues on RabbitMQ" in text
     assert "EMULATOR" in text
     broker = run.find(r"embedded Redis server at (redis://127\.0\.0\.1:(\d+)/0)")
     emulator = run.find(r"EMULATOR at (http://127\.0\.0\.1:(\d+)/3\.0), audience (\w+)")

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import redis
 
-from config import get_settings
+from worker import broker
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _client(url: str) -> redis.Redis:
 
 
 def redis_url() -> str:
-    return get_settings().broker_url or "redis://127.0.0.1:6379/0"
+    return broker.redis_url()
 
 
 def incr(name: str, amount: float = 1, **labels: str) -> None:

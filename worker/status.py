@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from config import get_settings
-from worker import metrics
+from worker import broker, metrics
 from worker.feeds.check import held_forms
 from worker.models import (
     AudienceCheck,
@@ -61,10 +61,50 @@ TOP_REASONS = 5
 _REASON_WIDTH = 120
 
 
-def broker_client() -> redis.Redis:
-    """A Redis client for the configured broker, with short timeouts: a probe or a scrape
-    must not hang on a dead broker."""
-    return _client_for(metrics.redis_url())
+class AmqpBroker:
+    """RabbitMQ seen from a client: queue depths through passive `queue_declare` (the
+    management plugin is not needed). A connection per call, with short timeouts: a probe or
+    a scrape must not hang on a dead broker, and must not hold a connection open for good."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _connection(self) -> Any:
+        from kombu import Connection
+
+        return Connection(self.url, connect_timeout=2, transport_options={"read_timeout": 2})
+
+    def ping(self) -> bool:
+        with self._connection() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+
+    def message_counts(self, queues: Collection[str]) -> dict[str, int]:
+        """Ready messages in each queue (0 for a queue not declared yet)."""
+        from amqp.exceptions import NotFound
+
+        counts: dict[str, int] = {}
+        with self._connection() as conn:
+            channel = conn.channel()
+            for queue in queues:
+                try:
+                    counts[queue] = int(channel.queue_declare(queue=queue, passive=True)[1])
+                except NotFound:  # a passive declare of a missing queue closes the channel
+                    counts[queue] = 0
+                    channel = conn.channel()
+        return counts
+
+
+BrokerClient = redis.Redis | AmqpBroker
+
+
+def broker_client() -> BrokerClient:
+    """A client for the configured broker, with short timeouts: a probe or a scrape must not
+    hang on a dead broker."""
+    url = broker.broker_url()
+    if broker.is_amqp(url):
+        return AmqpBroker(url)
+    return _client_for(url)
 
 
 @lru_cache(maxsize=4)
@@ -223,8 +263,11 @@ def last_purge_counts(session: Session) -> dict[str, Any]:
 # --- the broker --------------------------------------------------------------------------
 
 
-def queue_lengths(client: redis.Redis) -> dict[str, int]:
-    """Messages waiting in each queue (LLEN, priorities included)."""
+def queue_lengths(client: BrokerClient) -> dict[str, int]:
+    """Messages waiting in each queue (Redis: LLEN, priorities included; RabbitMQ: the ready
+    messages of a passive declare)."""
+    if isinstance(client, AmqpBroker):
+        return client.message_counts(QUEUES)
     pipe = client.pipeline(transaction=False)
     for queue in QUEUES:
         for suffix in _PRIORITY_SUFFIXES:
@@ -233,8 +276,11 @@ def queue_lengths(client: redis.Redis) -> dict[str, int]:
     return {queue: sum(int(next(lengths)) for _ in _PRIORITY_SUFFIXES) for queue in QUEUES}
 
 
-def unacked_messages(client: redis.Redis) -> int:
-    """Messages a worker has taken and not yet acknowledged (running or reserved)."""
+def unacked_messages(client: BrokerClient) -> int | None:
+    """Messages a worker has taken and not yet acknowledged (running or reserved); None on
+    RabbitMQ, which tells that only through its management API."""
+    if isinstance(client, AmqpBroker):
+        return None
     return int(client.hlen(UNACKED_KEY))
 
 
@@ -271,7 +317,7 @@ class Status:
 
     generated_at: datetime
     queues: dict[str, int]
-    unacked: int
+    unacked: int | None
     jobs: dict[str, int]
     oldest_pending_at: datetime | None
     failed_reasons: list[tuple[str, int]]
@@ -323,7 +369,7 @@ class Status:
         }
 
 
-def gather_status(session: Session, client: redis.Redis) -> Status:
+def gather_status(session: Session, client: BrokerClient) -> Status:
     """Collect every fact, exact; raises if the database or the broker is unreachable."""
     jobs = job_counts(session, max_age=0)
     return Status(

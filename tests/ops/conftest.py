@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def live_web(db: str, redis_client: object) -> Iterator[str]:
+def live_web(db: str, broker: object) -> Iterator[str]:
     """Our health and metrics routers served by a real uvicorn on a free port; yields its URL."""
     import uvicorn
     from fastapi import FastAPI

@@ -122,7 +122,10 @@ def test_every_service_command_comes_up_with_its_compose_environment(
     ports = {name: free_port() for name in ("web", "metrics", "flower", "emulator")}
     overrides = {
         "LISTSYNC_DATABASE_URL": database,
-        "LISTSYNC_BROKER_URL": REDIS_URL,
+        # The broker under test (LISTSYNC_TEST_BROKER: this test process's RabbitMQ vhost, or
+        # its Redis DB) in place of the compose network's rabbitmq service.
+        "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"],
+        "LISTSYNC_REDIS_URL": REDIS_URL,
         "LISTSYNC_VAR_DIR": str(tmp_path / "var"),
         "LISTSYNC_METRICS_HOST": "127.0.0.1",
         "LISTSYNC_METRICS_PORT": str(ports["metrics"]),
@@ -201,6 +204,22 @@ def answers_ping(client: redis.Redis) -> bool:
         return False
 
 
+def test_compose_runs_the_queues_on_a_durable_rabbitmq_and_the_rest_on_redis() -> None:
+    env = service_env("worker", {})
+    assert env["LISTSYNC_BROKER_URL"].startswith("amqp://listsync:")
+    assert env["LISTSYNC_BROKER_URL"].endswith("@rabbitmq:5672/listsync")
+    assert env["LISTSYNC_REDIS_URL"] == "redis://redis:6379/0"
+    rabbitmq = SERVICES["rabbitmq"]
+    assert rabbitmq["image"].startswith("rabbitmq:3")
+    # RabbitMQ keeps its data per node name, which comes from the hostname.
+    assert rabbitmq["hostname"] == "rabbitmq"
+    assert "rabbitmq-data:/var/lib/rabbitmq" in rabbitmq["volumes"]
+    assert "ports" not in rabbitmq  # its AMQP and management ports stay in the network
+    for name in ("web", "worker", "beat", "flower"):
+        needs = SERVICES[name].get("depends_on") or {}
+        assert needs.get("rabbitmq", {}).get("condition") == "service_healthy", name
+
+
 def test_compose_runs_one_beat_keeps_flower_on_localhost_and_data_on_volumes() -> None:
     assert SERVICES["beat"]["deploy"]["replicas"] == 1
     assert "scale" not in SERVICES["beat"]
@@ -235,7 +254,8 @@ def test_secrets_live_only_in_an_uncommitted_env_file_documented_by_the_example(
     compose_text = (ROOT / "docker-compose.yml").read_text()
     for name in set(re.findall(r"\$\{(\w+):\?", compose_text)):
         assert name in ENV_EXAMPLE, f"{name} is required by compose but not in .env.example"
-    for name in secret_settings | {"POSTGRES_PASSWORD"}:  # placeholders, never a real secret
+    # Placeholders, never a real secret.
+    for name in secret_settings | {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD"}:
         if name in ENV_EXAMPLE:
             assert "change-me" in ENV_EXAMPLE[name], name
 

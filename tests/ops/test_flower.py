@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import DB_BACKENDS
+from tests.conftest import DB_BACKENDS, Broker
 from tests.helpers import run_listsync, wait_for
 from tests.ops.conftest import Processes, answers, get, listsync_argv
 
@@ -69,7 +69,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 def test_insecure_local_flower_listens_on_loopback_only(
-    processes: Processes, redis_client: object
+    processes: Processes, broker: Broker
 ) -> None:
     url = start_flower(processes, dict(os.environ), "--insecure-local")
     port = int(url.rsplit(":", 1)[1])
@@ -78,7 +78,7 @@ def test_insecure_local_flower_listens_on_loopback_only(
 
 
 def test_flower_requires_auth_and_its_api_cannot_start_a_purge(
-    processes: Processes, redis_client: object, flower_env: dict[str, str]
+    processes: Processes, broker: Broker, flower_env: dict[str, str]
 ) -> None:
     url = start_flower(processes, flower_env)
 
@@ -99,8 +99,8 @@ def test_flower_requires_auth_and_its_api_cannot_start_a_purge(
         response = requests.post(url + path, auth=AUTH, json={}, timeout=10)
         assert response.status_code == 403, path
         assert "Read only" in response.text
-    assert redis_client.llen("maintenance") == 0  # type: ignore[attr-defined]
-    assert redis_client.llen("optouts") == 0  # type: ignore[attr-defined]
+    assert broker.queued("maintenance") == 0
+    assert broker.queued("optouts") == 0
 
     # The password reaches Flower through its environment, not a command line `ps` shows.
     flower_pid = processes.started[0][1].pid
@@ -115,7 +115,7 @@ def test_no_signup_address_appears_anywhere_in_flower(
     audience: object,
     settings_env: dict[str, str],
     db: str,
-    redis_client: object,
+    broker: Broker,
     flower_env: dict[str, str],
 ) -> None:
     from sqlalchemy import func, select

@@ -190,7 +190,7 @@ def test_in_flight_mailchimp_calls_are_read_from_the_gateways_semaphore(
     assert scrape(live_web)["listsync_mailchimp_calls_in_flight"][()] == 0
 
 
-def test_queue_lengths_are_the_broker_lists(live_web: str, redis_client: object) -> None:
+def test_queue_lengths_are_the_broker_queues(live_web: str, broker: object) -> None:
     from worker.app import app
 
     for _ in range(3):

@@ -47,7 +47,7 @@ def _seed(db: str) -> None:
 
 
 def test_status_json_gives_every_fact_for_scripts(
-    db: str, redis_client: object, settings_env: dict[str, str]
+    db: str, broker: object, settings_env: dict[str, str]
 ) -> None:
     _seed(db)
 
@@ -78,7 +78,7 @@ def test_status_json_gives_every_fact_for_scripts(
 
 
 def test_status_prints_a_readable_summary(
-    db: str, redis_client: object, settings_env: dict[str, str]
+    db: str, broker: object, settings_env: dict[str, str]
 ) -> None:
     _seed(db)
 
@@ -101,7 +101,7 @@ def test_status_prints_a_readable_summary(
 
 
 def test_webhook_rejects_older_than_an_hour_are_not_in_the_last_hour(
-    db: str, redis_client: object, settings_env: dict[str, str]
+    db: str, broker: object, settings_env: dict[str, str]
 ) -> None:
     from freezegun import freeze_time
 

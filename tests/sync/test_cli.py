@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
 
 from sqlalchemy import select, update
 
+from tests.conftest import Broker
 from tests.helpers import run_listsync
 from worker.db import session_scope
 from worker.models import JobState, SyncJob, utcnow
@@ -15,11 +15,8 @@ from worker.signups.store import receive
 
 
 def test_enqueue_refuses_bad_input_with_exit_2_and_queues_nothing(
-    db: str, settings_env: dict[str, str], redis_client: object
+    db: str, settings_env: dict[str, str], broker: Broker
 ) -> None:
-    import redis
-
-    assert isinstance(redis_client, redis.Redis)
     for args in (
         ("enqueue", "not-an-address", "--form", "newsletter_signup"),
         ("enqueue", "ok@trust.org", "--form", "no_such_form"),
@@ -28,11 +25,11 @@ def test_enqueue_refuses_bad_input_with_exit_2_and_queues_nothing(
         result = run_listsync(*args, env=settings_env)
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
-    assert redis_client.llen("signups") == 0
+    assert broker.queued("signups") == 0
     ok = run_listsync("enqueue", "ok@trust.org", "--form", "newsletter_signup", env=settings_env)
     assert ok.returncode == 0 and "queued signup for form newsletter_signup" in ok.stdout
     assert "ok@trust.org" not in ok.stdout
-    assert redis_client.llen("signups") == 1
+    assert broker.queued("signups") == 1
 
 
 def test_failed_jobs_are_listed_without_addresses_and_replayed(
@@ -61,19 +58,16 @@ def test_failed_jobs_are_listed_without_addresses_and_replayed(
 
 
 def test_enqueue_reads_the_address_from_standard_input_for_a_dash(
-    db: str, settings_env: dict[str, str], redis_client: object
+    db: str, settings_env: dict[str, str], broker: Broker
 ) -> None:
-    import redis
-
-    assert isinstance(redis_client, redis.Redis)
     empty = run_listsync("enqueue", "-", "--form", "newsletter_signup", env=settings_env)
     assert empty.returncode == 2 and "standard input holds no address" in empty.stderr
-    assert redis_client.llen("signups") == 0
+    assert broker.queued("signups") == 0
 
     ok = run_listsync(
         "enqueue", "-", "--form", "newsletter_signup", env=settings_env, stdin="in@trust.org\n"
     )
 
     assert ok.returncode == 0, ok.stderr
-    envelope = json.loads(redis_client.lindex("signups", 0) or b"{}")
-    assert json.loads(base64.b64decode(envelope["body"]))[1]["message"]["email"] == "in@trust.org"
+    [(_headers, body)] = broker.messages("signups")
+    assert body[1]["message"]["email"] == "in@trust.org"

@@ -8,10 +8,9 @@ import threading
 from datetime import timedelta
 
 import pytest
-import redis
 from sqlalchemy import func, select, update
 
-from tests.conftest import Audience
+from tests.conftest import Audience, Broker
 from tests.helpers import wait_for, worker_process
 from worker.db import session_scope
 from worker.models import JobState, Submission, SyncJob, utcnow
@@ -26,19 +25,8 @@ def jobs_in(state: JobState) -> int:
         return session.scalar(select(func.count()).where(SyncJob.state == state)) or 0
 
 
-def drop_connections_to_this_db(client: redis.Redis) -> int:
-    """Cut every other connection to this test's Redis DB (the worker's, as a restart would),
-    and none to the DBs other test processes use on the same server."""
-    db = client.connection_pool.connection_kwargs.get("db", 0)
-    me = client.client_id()
-    others = [c for c in client.client_list() if int(c["db"]) == db and int(c["id"]) != me]
-    for c in others:
-        client.client_kill_filter(_id=c["id"])
-    return len(others)
-
-
 def test_worker_killed_mid_flush_then_every_job_completes(
-    audience: Audience, db: str, settings_env: dict[str, str], redis_client: redis.Redis
+    audience: Audience, db: str, settings_env: dict[str, str], broker: Broker
 ) -> None:
     emails = [f"killed{i}@trust.org" for i in range(30)]
     for email in emails:
@@ -60,13 +48,13 @@ def test_worker_killed_mid_flush_then_every_job_completes(
     assert all(audience.status(email) == "subscribed" for email in emails)
 
 
-def test_redis_emptied_with_jobs_pending_then_the_sweep_recovers_them(
-    audience: Audience, db: str, settings_env: dict[str, str], redis_client: redis.Redis
+def test_broker_emptied_with_jobs_pending_then_the_sweep_recovers_them(
+    audience: Audience, db: str, settings_env: dict[str, str], broker: Broker
 ) -> None:
     for i in range(5):
         receive(build_message(f"lost.message{i}@trust.org", "newsletter_signup"), channel="queue")
-    assert redis_client.llen("sync") >= 1  # a flush was queued ...
-    redis_client.flushdb()  # ... and Redis lost it
+    assert broker.queued("sync") >= 1  # a flush was queued ...
+    broker.lose_everything()  # ... and the broker lost it
     env = {**settings_env, "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"]}
     with worker_process(env):
         assert sync.sweep().due == 5
@@ -75,7 +63,7 @@ def test_redis_emptied_with_jobs_pending_then_the_sweep_recovers_them(
 
 
 def test_concurrent_flushers_never_exceed_the_call_cap(
-    audience: Audience, db: str, monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+    audience: Audience, db: str, monkeypatch: pytest.MonkeyPatch, broker: Broker
 ) -> None:
     from config import get_settings
 
@@ -101,9 +89,7 @@ def test_concurrent_flushers_never_exceed_the_call_cap(
     assert counters["limit_rejections"] == 0
 
 
-def test_queued_signups_are_stored_in_batches(
-    audience: Audience, db: str, redis_client: redis.Redis
-) -> None:
+def test_queued_signups_are_stored_in_batches(audience: Audience, db: str, broker: Broker) -> None:
     from celery.contrib.testing.worker import start_worker
 
     from tests.conftest import reset_batch_tasks
@@ -133,7 +119,7 @@ def test_queued_signups_are_stored_in_batches(
 
 
 def test_after_the_broker_connection_drops_a_part_full_intake_batch_is_still_stored(
-    db: str, settings_env: dict[str, str], redis_client: redis.Redis
+    db: str, settings_env: dict[str, str], broker: Broker
 ) -> None:
     def stored() -> int:
         with session_scope() as session:
@@ -144,9 +130,9 @@ def test_after_the_broker_connection_drops_a_part_full_intake_batch_is_still_sto
         for i in range(3):
             enqueue_signup(f"before.drop{i}@trust.org", "newsletter_signup")
         wait_for(lambda: stored() == 3, timeout=60)
-        # The worker's broker connections drop (a Redis restart, a network blip). Its event
+        # The worker's broker connections drop (a broker restart, a network blip). Its event
         # loop clears its timers; it reconnects.
-        wait_for(lambda: drop_connections_to_this_db(redis_client), 10)
+        wait_for(broker.drop_connections, 10)
         for i in range(3):  # far fewer than a batch (200): only the flush timer stores them
             enqueue_signup(f"after.drop{i}@trust.org", "newsletter_signup")
         wait_for(lambda: stored() == 6, timeout=60)

@@ -10,8 +10,6 @@ stopped mid-drain, a private Redis that refuses writes.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -19,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import Engine, create_engine, func, select, text
 
-from bench._common import raw_task_message
 from bench._services import PrivatePostgres, PrivateRedis
+from tests.conftest import Broker
 from tests.helpers import run_listsync, wait_for, worker_process
 from worker import metrics
 from worker.app import app
@@ -54,38 +51,29 @@ def counter(name: str) -> float:
     return sum(metrics.read_counters()[name].values())
 
 
-def raw_message(args: Any, kwargs: Any) -> str:
-    return raw_task_message(RECEIVE_TASK, args, kwargs)
-
-
-def settled(client: redis.Redis) -> bool:
-    """Nothing queued and nothing taken but unacknowledged: every message was settled."""
-    return client.llen("signups") == 0 and client.hlen("unacked") == 0
-
-
 @pytest.fixture
-def intake_env(db: str, settings_env: dict[str, str], redis_client: redis.Redis) -> dict[str, str]:
+def intake_env(db: str, settings_env: dict[str, str], broker: Broker) -> dict[str, str]:
     return {**settings_env, "LISTSYNC_BROKER_URL": os.environ["LISTSYNC_BROKER_URL"]}
 
 
 def test_malformed_envelopes_are_rejected_and_cost_their_batch_nothing(
-    intake_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
+    intake_env: dict[str, str], broker: Broker, tmp_path: Path
 ) -> None:
     good = signups(196)
     message = good[0]
-    malformed = [
-        raw_message([message], {}),  # positional arguments instead of `message`
-        raw_message([], ["message", message]),  # keyword arguments that are not a mapping
-        raw_message([], {"signup": message}),  # no `message`
-        raw_message([], {"message": message, "priority": "high"}),  # an unknown argument
+    malformed: list[tuple[Any, Any]] = [
+        ([message], {}),  # positional arguments instead of `message`
+        ([], ["message", message]),  # keyword arguments that are not a mapping
+        ([], {"signup": message}),  # no `message`
+        ([], {"message": message, "priority": "high"}),  # an unknown argument
     ]
-    for item in malformed:  # first in the queue: they share the first batch with good ones
-        redis_client.lpush("signups", item)
+    for args, kwargs in malformed:  # first in the queue: they share the first batch
+        broker.push_raw("signups", RECEIVE_TASK, args, kwargs)
     for item in good:
         publish_signup(item)
     with worker_process(intake_env, "signups", prefetch=200, log=tmp_path / "w.log", ready=True):
         wait_for(lambda: count(Submission) + count(RejectedSignup) == 200, timeout=60)
-        wait_for(lambda: settled(redis_client), timeout=30, what="every message acknowledged")
+        wait_for(broker.settled, timeout=30, what="every message acknowledged")
     assert count(Submission) == 196
     with session_scope() as session:
         reasons = sorted(session.scalars(select(RejectedSignup.reason)))
@@ -135,7 +123,7 @@ def _pg(engine: Engine) -> bool:
 
 
 def test_a_poison_message_is_parked_alone_then_replayed_once_the_cause_is_fixed(
-    intake_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path
+    intake_env: dict[str, str], broker: Broker, tmp_path: Path
 ) -> None:
     engine = get_engine()
     _refuse_poison(engine)
@@ -146,7 +134,7 @@ def test_a_poison_message_is_parked_alone_then_replayed_once_the_cause_is_fixed(
     with worker_process(intake_env, "signups", prefetch=200, log=tmp_path / "w.log", ready=True):
         wait_for(lambda: count(ParkedSignup) == 1, timeout=60, what="the poison parked")
         wait_for(lambda: count(Submission) == 199, timeout=30)
-        wait_for(lambda: settled(redis_client), timeout=30, what="every message acknowledged")
+        wait_for(broker.settled, timeout=30, what="every message acknowledged")
         # Parked, not published again: nothing comes back however long we look.
         assert counter("signups_republished_total") == 0
         with session_scope() as session:
@@ -169,7 +157,7 @@ def test_a_poison_message_is_parked_alone_then_replayed_once_the_cause_is_fixed(
 
 
 def test_with_no_connection_free_a_batch_is_published_again_with_its_attempt_and_a_delay(
-    intake_env: dict[str, str], redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    intake_env: dict[str, str], broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from config import get_settings
     from worker.db import dispose_engines
@@ -189,11 +177,10 @@ def test_with_no_connection_free_a_batch_is_published_again_with_its_attempt_and
             conn.close()
     assert count(Submission) == 0
     assert counter("signups_republished_total") == 5
-    republished = [json.loads(raw) for raw in redis_client.lrange("signups", 0, -1)]
-    attempts = sorted(json.loads(base64.b64decode(m["body"]))[1]["attempt"] for m in republished)
-    assert attempts == [1, 1, 1, 1, 4]
-    assert all(m["headers"]["eta"] for m in republished)  # due later, not at once
-    assert all("away" not in m["headers"]["kwargsrepr"] for m in republished)
+    republished = broker.messages("signups")
+    assert sorted(body[1]["attempt"] for _headers, body in republished) == [1, 1, 1, 1, 4]
+    assert all(headers["eta"] for headers, _body in republished)  # due later, not at once
+    assert all("away" not in headers["kwargsrepr"] for headers, _body in republished)
 
 
 def test_the_republish_delay_doubles_from_five_seconds_up_to_its_cap() -> None:
@@ -224,7 +211,7 @@ def rows(url: str, model: Any) -> int:
 def test_postgresql_stopped_and_started_during_a_drain_loses_nothing(
     private_postgres: PrivatePostgres,
     settings_env: dict[str, str],
-    redis_client: redis.Redis,
+    broker: Broker,
     tmp_path: Path,
 ) -> None:
     pg = private_postgres
@@ -250,11 +237,12 @@ def test_postgresql_stopped_and_started_during_a_drain_loses_nothing(
         )
         pg.start()
         wait_for(lambda: rows(pg.url, Submission) == 300, timeout=120, what="all stored")
-        wait_for(lambda: settled(redis_client), timeout=30, what="every message acknowledged")
+        wait_for(broker.settled, timeout=30, what="every message acknowledged")
     assert rows(pg.url, ParkedSignup) == 0
     assert "drain" not in log.read_text()
 
 
+@pytest.mark.redis_broker
 def test_redis_refusing_writes_while_a_batch_is_published_again_loses_nothing(
     private_postgres: PrivatePostgres, settings_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -307,6 +295,19 @@ def test_redis_refusing_writes_while_a_batch_is_published_again_loses_nothing(
                 wait_for(lambda: rows(pg.url, Submission) == 40, timeout=120, what="all stored")
         finally:
             os.kill(postmaster, signal.SIGCONT)
+
+
+def test_a_parked_message_delivered_again_is_parked_once(db: str) -> None:
+    # Its acknowledgement was lost (the worker or the broker died after the park committed),
+    # so the broker hands the same message out again and it fails the same way.
+    from worker.signups.parked import park
+
+    message = build_message("twice@trust.org", "newsletter_signup", fields={"first_name": POISON})
+    first = park(message, error="database:P0001", attempts=0, channel="queue")
+    assert park(dict(message), error="database:P0001", attempts=0, channel="queue") == first
+    other = build_message("other@trust.org", "newsletter_signup")
+    assert park(other, error="database:P0001", attempts=0, channel="queue") != first
+    assert count(ParkedSignup) == 2
 
 
 def test_only_positions_the_task_names_are_acknowledged() -> None:

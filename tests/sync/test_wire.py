@@ -1,4 +1,5 @@
-"""The queue message as docs/intake.md documents it, pushed by hand as a PHP or Node site would."""
+"""The queue message as docs/intake.md documents it, pushed by hand as a PHP or Node site would
+(Redis: LPUSH; RabbitMQ: a basic.publish)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import uuid
 from typing import Any
 
-import redis
 from sqlalchemy import select
 
+from tests.conftest import Broker
 from tests.helpers import wait_for
 from worker.db import session_scope
 from worker.models import Submission
@@ -50,8 +51,45 @@ def foreign_message(signup: dict[str, Any]) -> str:
     )
 
 
-def test_a_hand_built_message_on_the_signups_list_is_stored(
-    celery_worker: object, redis_client: redis.Redis
+def publish_foreign_amqp(url: str, signup: dict[str, Any]) -> None:
+    """The RabbitMQ form of the same message, with py-amqp alone, as php-amqplib would send it:
+    exchange `listsync`, routing key `signups`, the Celery headers, persistent, confirmed."""
+    import amqp
+    from kombu.utils.url import parse_url
+
+    parts = parse_url(url)
+    task_id = str(uuid.uuid4())
+    with amqp.Connection(
+        f"{parts['hostname']}:{parts['port']}",
+        userid=parts["userid"],
+        password=parts["password"],
+        virtual_host=parts["virtual_host"],
+        confirm_publish=True,
+    ) as conn:
+        channel = conn.channel()
+        channel.basic_publish(
+            amqp.Message(
+                json.dumps([[], {"message": signup}, {}]),
+                content_type="application/json",
+                content_encoding="utf-8",
+                delivery_mode=2,
+                correlation_id=task_id,
+                application_headers={
+                    "lang": "py",
+                    "task": "listsync.signups.receive",
+                    "id": task_id,
+                    "root_id": task_id,
+                    "argsrepr": "()",
+                    "kwargsrepr": "{'message': '<masked>'}",
+                },
+            ),
+            exchange="listsync",
+            routing_key="signups",
+        )
+
+
+def test_a_hand_built_message_on_the_signups_queue_is_stored(
+    celery_worker: object, broker: Broker
 ) -> None:
     signup = {
         "v": 1,
@@ -62,7 +100,10 @@ def test_a_hand_built_message_on_the_signups_list_is_stored(
         "fields": {"first_name": "Pat"},
         "idempotency_key": "php-site-000001",
     }
-    redis_client.lpush("signups", foreign_message(signup))
+    if broker.kind == "amqp":
+        publish_foreign_amqp(broker.url, signup)
+    else:
+        broker.redis.lpush("signups", foreign_message(signup))
 
     def stored() -> Submission | None:
         with session_scope() as session:

@@ -80,7 +80,8 @@ def status(as_json: bool) -> None:
     oldest = report.oldest_pending_at
     out.print(f"[bold]listsync status[/bold] at {report.generated_at:%Y-%m-%d %H:%M:%S}Z\n")
     out.print("[bold]Queues[/bold] (messages waiting)", _pairs(report.queues, "none"))
-    out.print(f"  taken by a worker, not yet acked: {report.unacked}\n")
+    unacked = "not shown by RabbitMQ" if report.unacked is None else report.unacked
+    out.print(f"  taken by a worker, not yet acked: {unacked}\n")
     out.print("[bold]Sync jobs[/bold]", _pairs(report.jobs, "none"))
     forms = report.forms or {}
     for form, code in forms.get("waiting", {}).items():

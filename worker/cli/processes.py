@@ -69,17 +69,39 @@ def check_services(settings: Settings, *, broker: bool = True) -> None:
         ) from None
     if broker:
         check_broker(settings.broker_url or "redis://127.0.0.1:6379/0")
+        if settings.redis_url:
+            check_redis(settings.redis_url, "LISTSYNC_REDIS_URL")
 
 
 def check_broker(url: str) -> None:
+    """Fail with one line naming the setting and host when the broker does not answer."""
+    from worker.broker import is_amqp
+
+    if not is_amqp(url):
+        check_redis(url, "LISTSYNC_BROKER_URL")
+        return
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=3) as conn:
+            conn.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        raise ListsyncError(
+            f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+
+
+def check_redis(url: str, setting: str) -> None:
     """Fail with one line naming the setting and host when Redis does not answer."""
     import redis
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=3).ping()
     except redis.RedisError as exc:
+        what = "the broker" if setting == "LISTSYNC_BROKER_URL" else "Redis"
         raise ListsyncError(
-            f"cannot reach the broker at {redact_url(url)} (LISTSYNC_BROKER_URL): {exc}"
+            f"cannot reach {what} at {redact_url(url)} ({setting}): {exc}"
         ) from None
 
 
@@ -332,7 +354,11 @@ def _embedded_defaults(
         click.echo(f"database: {safe_url(settings.database_url)}")
     if settings.broker_url is None:
         env["LISTSYNC_BROKER_URL"] = url = stack.enter_context(embedded_redis(settings.var_dir))
-        _say(f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset)")
+        _say(
+            f"broker: embedded Redis server at {url} (LISTSYNC_BROKER_URL unset); for trying "
+            "listsync out: production queues on RabbitMQ (amqp://) or takes signups over "
+            "HTTP, whose 202 comes after the commit (docs/reliability.md, Brokers)"
+        )
     else:
         click.echo(f"broker: {redact_url(settings.broker_url)}")
     emulated = settings.mailchimp_api_key is None

@@ -31,17 +31,34 @@ def address_hash(message: Any) -> str | None:
 
 
 def park(message: Any, *, error: str, attempts: int, channel: str) -> int:
-    """Keep a message that could not be stored, in its own transaction; returns its id."""
+    """Keep a message that could not be stored, in its own transaction; returns its id.
+
+    A message parked already is not parked twice: the broker delivers a message again when
+    its acknowledgement was lost (the worker or the broker died after the park committed),
+    and a person should see, and replay, it once."""
     form = message.get("form") if isinstance(message, dict) else None
+    key = address_hash(message)
+    payload = message if isinstance(message, dict) else {}
+    with session_scope() as session:
+        for row_id, stored in session.execute(
+            select(ParkedSignup.id, ParkedSignup.payload).where(
+                ParkedSignup.email_hash == key
+                if key is not None
+                else ParkedSignup.email_hash.is_(None),
+                ParkedSignup.channel == channel,
+            )
+        ):
+            if stored == payload:
+                return int(row_id)
     row = ParkedSignup(
         channel=channel,
         form=form if isinstance(form, str) and len(form) <= MAX_FORM_NAME else None,
-        email_hash=address_hash(message),
+        email_hash=key,
         error=error[:64],
         attempts=attempts,
         # A message that is not a mapping is refused by validation before it could fail to
         # store; should one get here all the same, it is parked without its content.
-        payload=message if isinstance(message, dict) else {},
+        payload=payload,
     )
     with session_scope() as session:
         session.add(row)

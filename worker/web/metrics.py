@@ -137,11 +137,12 @@ def _broker_families() -> Iterator[Metric]:
     for queue, length in lengths.items():
         family.add_metric([queue], length)
     yield family
-    yield GaugeMetricFamily(
-        NAMESPACE + "queue_unacked_messages",
-        "Messages taken by a worker and not yet acknowledged.",
-        value=unacked,
-    )
+    if unacked is not None:  # RabbitMQ tells it only through its management API
+        yield GaugeMetricFamily(
+            NAMESPACE + "queue_unacked_messages",
+            "Messages taken by a worker and not yet acknowledged.",
+            value=unacked,
+        )
     yield GaugeMetricFamily(
         NAMESPACE + "mailchimp_calls_in_flight",
         "Mailchimp calls holding a slot of the global concurrency cap right now.",
