@@ -567,7 +567,10 @@ class Gateway:
         return MemberResult(email_hash_, ok=True, status=_status_of(data))
 
     def delete_permanent(self, email_hash_: str) -> MemberResult:
-        """Permanently delete a member (irreversible). A member already gone counts as done."""
+        """Permanently delete a member (irreversible). A member already gone counts as done,
+        with its own status: `deleted` when this call deleted it, `not_found` when Mailchimp
+        held no such member (never there, already deleted, or not yet created by a call
+        still on its way)."""
         try:
             self.call(
                 "members.delete_permanent",
@@ -575,7 +578,7 @@ class Gateway:
             )
         except MailchimpError as exc:
             if exc.reason in {"not_found", "forgotten"}:
-                return MemberResult(email_hash_, ok=True, status="deleted")
+                return MemberResult(email_hash_, ok=True, status="not_found")
             return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
         return MemberResult(email_hash_, ok=True, status="deleted")
 

@@ -8,7 +8,7 @@ Audit entries carry the email hash and the operator's reason, never the address.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, null, select, update
@@ -42,6 +42,10 @@ from worker.retention.holds import (
 
 EXPORT_FORMAT = "listsync-export/1"
 ERASED_REASON = SuppressionReason.ERASED
+#: The second delete-permanent of an erasure waits the in-flight timeout plus this: a call a
+#: flush made before the erasure (one that timed out on our side included) has landed at
+#: Mailchimp by then, or its job was rescued as stuck and is stopped.
+ERASE_AGAIN_MARGIN_SECONDS = 60
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -272,6 +276,7 @@ class ErasureReport:
     jobs_suppressed: int
     payloads_dropped: int
     sync_job_id: int
+    erase_again_job_id: int
 
 
 def erase(
@@ -306,13 +311,15 @@ def erase(
             session.execute(delete(Submission).where(Submission.contact_id == contact.id))
         )
     parked = _count(session.execute(delete(ParkedSignup).where(ParkedSignup.email_hash == key)))
-    # Queued signups and corrections must not reach Mailchimp after the erasure.
+    # Queued signups and corrections must not reach Mailchimp after the erasure, and one a
+    # flush is working on records nothing when its call returns: the flush records only jobs
+    # still in flight (worker/signups/flush.py, record).
     jobs_suppressed = _count(
         session.execute(
             update(SyncJob)
             .where(
                 SyncJob.email_hash == key,
-                SyncJob.state == JobState.PENDING,
+                SyncJob.state.in_([JobState.PENDING, JobState.IN_FLIGHT]),
                 SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
             )
             .values(state=JobState.SUPPRESSED, outcome="erased", finished_at=now)
@@ -340,9 +347,18 @@ def erase(
         session.add(Suppression(email_hash=key, reason=ERASED_REASON, created_at=now))
     else:
         suppression.reason = ERASED_REASON
-    job = _queue_and_audit(
+    # A call already out (or one that timed out here but still lands at Mailchimp) may create
+    # the member after the first delete answered 404: a second delete follows once any such
+    # call has landed. Deleting a member that is not there is harmless.
+    again_at = now + timedelta(
+        seconds=get_settings().sync_in_flight_timeout_seconds + ERASE_AGAIN_MARGIN_SECONDS
+    )
+    job = SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=now)
+    session.add(job)
+    session.flush()
+    again = _queue_and_audit(
         session,
-        SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=now),
+        SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=again_at),
         "erase",
         {
             "reason": reason,
@@ -350,9 +366,10 @@ def erase(
             "ips": ips,
             "parked": parked,
             "jobs_suppressed": jobs_suppressed,
+            "first_sync_job_id": job.id,  # the second delete is `sync_job_id`
         },
     )
-    return ErasureReport(key, submissions, ips, parked, jobs_suppressed, payloads, job.id)
+    return ErasureReport(key, submissions, ips, parked, jobs_suppressed, payloads, job.id, again.id)
 
 
 def _former_hashes(session: Session, key: str) -> set[str]:

@@ -41,6 +41,7 @@ from worker.mailchimp import (
 )
 from worker.models import (
     OPTED_OUT,
+    AuditEntry,
     ChangeSource,
     Contact,
     ContactStatus,
@@ -484,6 +485,16 @@ def record(
                 report.suppressed += 1
             else:
                 report.failed += 1
+        if job.kind == JobKind.ERASE:
+            # Each delete of an erasure, audited: `deleted`, `not_found` (Mailchimp held no
+            # such member), or why it gave up. The hash only.
+            session.add(
+                AuditEntry(
+                    action="erase_delete",
+                    subject=job.email_hash,
+                    detail={"sync_job_id": job.id, "outcome": _erase_outcome(outcome)},
+                )
+            )
         if contact is not None and outcome.member_status in MIRRORED_STATUSES:
             mirror.setdefault(str(outcome.member_status), set()).add(contact.id)
         if job.submission_id is not None:
@@ -497,6 +508,12 @@ def record(
     ):
         if count:
             metrics.incr("sync_members_total", count, outcome=str(state))
+
+
+def _erase_outcome(outcome: Outcome) -> str:
+    if outcome.state == JobState.DONE and outcome.member_status:
+        return outcome.member_status  # deleted, not_found
+    return (outcome.reason if outcome.state else f"gave_up:{outcome.reason}")[:32]
 
 
 def _mirror(session: Session, by_status: dict[str, set[int]]) -> None:

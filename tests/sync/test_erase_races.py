@@ -1,0 +1,98 @@
+"""Races around an erasure and a re-confirmation, with the emulator over real HTTP, a real
+Celery worker, and each database: a call already out when the person is erased, a message
+dated before the erasure, an opt-out overtaking a re-confirmation."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from tests.conftest import Audience
+from tests.helpers import wait_for
+from worker.addresses import email_hash
+from worker.db import session_scope
+from worker.models import AuditEntry, JobKind, JobState, SyncJob, utcnow
+from worker.signups import flush as sync
+
+
+def jobs_of(email: str) -> list[SyncJob]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(SyncJob).where(SyncJob.email_hash == email_hash(email)).order_by(SyncJob.id)
+            )
+        )
+
+
+def erase_audit(email: str) -> list[object]:
+    with session_scope() as session:
+        return [
+            e.detail["outcome"]
+            for e in session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.action == "erase_delete", AuditEntry.subject == email_hash(email))
+                .order_by(AuditEntry.id)
+            )
+        ]
+
+
+def flushed_until(done: object) -> bool:
+    sync.flush()
+    return bool(done())  # type: ignore[operator]
+
+
+def test_a_call_in_flight_at_the_erasure_is_deleted_again_once_it_has_landed(
+    audience: Audience, celery_worker: object
+) -> None:
+    from config import get_settings
+    from worker.publish import enqueue_signup
+    from worker.rights import erase
+
+    email = "late.lander@trust.org"
+    # Every batch-subscribe attempt times out on our side (client timeout 2 s) and is held
+    # by the emulator, then applied: it lands after the client gave up.
+    audience.emu.set_faults(timeout_hold_s=4)
+    audience.emu.script_failures(
+        "timeout", count=3, path=f"/3.0/lists/{audience.list_id}", method="POST"
+    )
+    enqueue_signup(email, "newsletter_signup")
+    upsert = wait_for(
+        lambda: [j for j in jobs_of(email) if j.state == JobState.IN_FLIGHT], timeout=30
+    )[0]
+    wait_for(lambda: audience.emu.counters()["in_flight"] >= 1)
+
+    erased_at = utcnow()
+    with session_scope() as session:
+        erase(session, email, "request 31")
+    stopped = {j.id: j for j in jobs_of(email)}[upsert.id]
+    assert (stopped.state, stopped.outcome) == (JobState.SUPPRESSED, "erased")
+
+    # The first delete goes now, while the create is still on its way: Mailchimp holds no
+    # such member yet.
+    def first_delete_done() -> bool:
+        return any(j.kind == JobKind.ERASE and j.state == JobState.DONE for j in jobs_of(email))
+
+    wait_for(lambda: flushed_until(first_delete_done))
+    assert erase_audit(email) == ["not_found"]
+    # The held call lands and creates the member; the worker's flush returns and records
+    # nothing onto the stopped job.
+    wait_for(lambda: audience.status(email) == "subscribed", timeout=30)
+    wait_for(lambda: audience.emu.counters()["in_flight"] == 0, timeout=30)
+    wait_for(lambda: jobs_of(email)[0].state != JobState.IN_FLIGHT, timeout=30)
+    assert {j.id: j for j in jobs_of(email)}[upsert.id].outcome == "erased"
+
+    # The erasure's second delete is due once any call out at the erasure has landed.
+    waiting = [j for j in jobs_of(email) if j.kind == JobKind.ERASE and j.state == "pending"]
+    assert len(waiting) == 1
+    timeout = get_settings().sync_in_flight_timeout_seconds
+    assert (waiting[0].next_attempt_at - erased_at).total_seconds() > timeout
+    with session_scope() as session:  # its time has come
+        session.execute(
+            update(SyncJob).where(SyncJob.id == waiting[0].id).values(next_attempt_at=utcnow())
+        )
+    again_id = waiting[0].id
+    wait_for(
+        lambda: flushed_until(lambda: {j.id: j for j in jobs_of(email)}[again_id].state == "done")
+    )
+    assert audience.status(email) in (None, "forgotten")
+    assert erase_audit(email) == ["not_found", "deleted"]
+    assert all(j.state != JobState.PENDING for j in jobs_of(email))
