@@ -96,3 +96,39 @@ def test_a_call_in_flight_at_the_erasure_is_deleted_again_once_it_has_landed(
     assert audience.status(email) in (None, "forgotten")
     assert erase_audit(email) == ["not_found", "deleted"]
     assert all(j.state != JobState.PENDING for j in jobs_of(email))
+
+
+def test_an_undated_queued_message_never_brings_an_erased_person_back(
+    audience: Audience, celery_worker: object
+) -> None:
+    from worker.app import app
+    from worker.models import Contact, RejectedSignup
+    from worker.publish import RECEIVE_TASK, enqueue_signup
+    from worker.rights import erase
+    from worker.signups.store import UNDATED_AFTER_ERASURE
+
+    email = "gone.for.good@trust.org"
+
+    def contacts() -> int:
+        with session_scope() as session:
+            found = session.scalars(select(Contact).where(Contact.email_hash == email_hash(email)))
+            return len(found.all())
+
+    def rejections() -> list[str]:
+        with session_scope() as session:
+            return [r.reason for r in session.scalars(select(RejectedSignup))]
+
+    enqueue_signup(email, "newsletter_signup")
+    wait_for(contacts, timeout=30)
+    with session_scope() as session:
+        erase(session, email, "request 32")
+    # Published without a date before the erasure, delivered after it (a redelivery, a
+    # republish): as the broker hands it over, it cannot be told from a new one.
+    undated = {"v": 1, "email": email, "form": "newsletter_signup"}
+    app.send_task(RECEIVE_TASK, kwargs={"message": undated}, queue="signups")
+    reasons = wait_for(rejections, timeout=30)
+    assert reasons == [f"submitted_at: {UNDATED_AFTER_ERASURE}"]
+    assert contacts() == 0
+    # A signup dated after the erasure is a new one, and is stored (its sync stays off).
+    enqueue_signup(email, "newsletter_signup")
+    wait_for(contacts, timeout=30)
