@@ -132,3 +132,42 @@ def test_an_undated_queued_message_never_brings_an_erased_person_back(
     # A signup dated after the erasure is a new one, and is stored (its sync stays off).
     enqueue_signup(email, "newsletter_signup")
     wait_for(contacts, timeout=30)
+
+
+def test_a_reconfirmation_is_not_sent_over_an_opt_out_newer_than_the_consent(
+    audience: Audience, db: str, monkeypatch: object
+) -> None:
+    from datetime import timedelta
+
+    import pytest
+
+    from config import get_settings
+    from worker.models import OPTOUT_RACED, Contact, ContactStatus
+    from worker.signups.message import build_message
+    from worker.signups.store import receive
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setenv("LISTSYNC_RESUBSCRIBE_WITH_CONFIRMATION", "true")
+    get_settings.cache_clear()
+    email = "not.again@trust.org"
+    with session_scope() as session:
+        session.add(
+            Contact(
+                email=email,
+                email_hash=email_hash(email),
+                status=ContactStatus.UNSUBSCRIBED,
+                status_changed_at=utcnow() - timedelta(days=1),
+            )
+        )
+    consent = utcnow()
+    job_id = receive(
+        build_message(email, "newsletter_signup", submitted_at=consent), channel="queue"
+    )
+    # The person opts out again at Mailchimp after that consent; its webhook is not here yet.
+    later = (consent + timedelta(seconds=2)).isoformat()
+    audience.emu.seed_member(email, "unsubscribed", last_changed=later, list_id=audience.list_id)
+    sync.flush()
+    (job,) = [j for j in jobs_of(email) if j.id == job_id.sync_job_id]
+    assert (job.state, job.outcome) == (JobState.SUPPRESSED, OPTOUT_RACED)
+    assert audience.status(email) == "unsubscribed"
+    assert "PUT /lists/{list_id}/members/{subscriber_hash}" not in audience.emu.counters()["calls"]
