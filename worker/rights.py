@@ -301,16 +301,8 @@ def erase(
             "(`listsync hold release ID`) or wait for it to end"
         )
     contact = _contact_of(session, key)
-    submissions = ips = 0
-    if contact is not None:
-        ids_q = select(Submission.id).where(Submission.contact_id == contact.id)
-        ips = _count(
-            session.execute(delete(SubmissionIP).where(SubmissionIP.submission_id.in_(ids_q)))
-        )
-        submissions = _count(
-            session.execute(delete(Submission).where(Submission.contact_id == contact.id))
-        )
-    parked = _count(session.execute(delete(ParkedSignup).where(ParkedSignup.email_hash == key)))
+    # Jobs first, then submissions: the order a flush recording this person's job takes its
+    # locks in (worker/signups/flush.py, record), so the two never deadlock on PostgreSQL.
     # Queued signups and corrections must not reach Mailchimp after the erasure, and one a
     # flush is working on records nothing when its call returns: the flush records only jobs
     # still in flight (worker/signups/flush.py, record).
@@ -326,6 +318,24 @@ def erase(
             .execution_options(synchronize_session=False)
         )
     )
+    submissions = ips = 0
+    if contact is not None:
+        ids_q = select(Submission.id).where(Submission.contact_id == contact.id)
+        # What the submissions' delete would do to their jobs (ON DELETE SET NULL), done
+        # here so that every job row is locked before any submission row.
+        session.execute(
+            update(SyncJob)
+            .where(SyncJob.submission_id.in_(ids_q))
+            .values(submission_id=None)
+            .execution_options(synchronize_session=False)
+        )
+        ips = _count(
+            session.execute(delete(SubmissionIP).where(SubmissionIP.submission_id.in_(ids_q)))
+        )
+        submissions = _count(
+            session.execute(delete(Submission).where(Submission.contact_id == contact.id))
+        )
+    parked = _count(session.execute(delete(ParkedSignup).where(ParkedSignup.email_hash == key)))
     # Webhook payloads carry the address; the event and its dedupe key stay (no replay).
     # That includes the events from before a change of address to this one: they are kept
     # under the old address's hash, and the change itself holds both addresses.

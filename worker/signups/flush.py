@@ -16,11 +16,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 
 from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -635,8 +636,19 @@ def flush(limit: int | None = None) -> FlushReport:
             log.error("flush: unexpected %s; unsent jobs go back to pending", type(exc).__name__)
         for job_id in job_ids:
             outcomes.setdefault(job_id, Outcome(None, reason))
-    with session_scope() as session:
-        record(session, outcomes, utcnow(), report)
+    counts = replace(report)
+    for attempt in range(3):
+        try:
+            with session_scope() as session:
+                record(session, outcomes, utcnow(), report)
+            break
+        except OperationalError as exc:
+            # An opt-out applied at this moment locks its contact, then the job it takes back
+            # (worker/optouts/apply.py), the other way round from this record: PostgreSQL may
+            # end either as a deadlock. Recording again sees the other's commit.
+            if attempt == 2 or getattr(exc.orig, "sqlstate", None) != "40P01":
+                raise
+            report.__dict__.update(replace(counts).__dict__)
     log.info(
         "flush: claimed=%d done=%d suppressed=%d retry=%d failed=%d calls=%d",
         report.claimed,
