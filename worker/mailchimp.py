@@ -91,6 +91,8 @@ class MemberResult:
     exists: bool = False  # the member already existed (batch ERROR_CONTACT_EXISTS)
     #: The member's tags after the call, when the answer said (a PUT's does).
     tags: frozenset[str] | None = None
+    #: When the member last changed in Mailchimp, when the answer said (a read's does).
+    last_changed: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -566,8 +568,49 @@ class Gateway:
             return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
         return MemberResult(email_hash_, ok=True, status=_status_of(data))
 
+    def read_member(self, email_hash_: str) -> MemberResult:
+        """Read one member's status and when it last changed (`not_found` when none)."""
+        try:
+            data = self.call(
+                "members.get",
+                lambda: self.client.lists.get_list_member(
+                    self.list_id, email_hash_, fields=["status", "last_changed"]
+                ),
+            )
+        except MailchimpError as exc:
+            return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
+        changed = data.get("last_changed") if isinstance(data, dict) else None
+        try:
+            last_changed = datetime.fromisoformat(changed) if isinstance(changed, str) else None
+        except ValueError:
+            last_changed = None
+        if last_changed is not None and last_changed.tzinfo is None:
+            last_changed = last_changed.replace(tzinfo=UTC)
+        return MemberResult(
+            email_hash_, ok=True, status=_status_of(data), last_changed=last_changed
+        )
+
+    def unsubscribe_member(self, email_hash_: str) -> MemberResult:
+        """Set an existing member back to unsubscribed (PATCH `status`): only ever to restore
+        an opt-out. A member that is not there has nothing to restore."""
+        try:
+            data = self.call(
+                "members.patch",
+                lambda: self.client.lists.update_list_member(
+                    self.list_id, email_hash_, {"status": "unsubscribed"}
+                ),
+            )
+        except MailchimpError as exc:
+            if exc.reason in {"not_found", "forgotten"}:
+                return MemberResult(email_hash_, ok=True, status="not_found")
+            return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
+        return MemberResult(email_hash_, ok=True, status=_status_of(data))
+
     def delete_permanent(self, email_hash_: str) -> MemberResult:
-        """Permanently delete a member (irreversible). A member already gone counts as done."""
+        """Permanently delete a member (irreversible). A member already gone counts as done,
+        with its own status: `deleted` when this call deleted it, `not_found` when Mailchimp
+        held no such member (never there, already deleted, or not yet created by a call
+        still on its way)."""
         try:
             self.call(
                 "members.delete_permanent",
@@ -575,7 +618,7 @@ class Gateway:
             )
         except MailchimpError as exc:
             if exc.reason in {"not_found", "forgotten"}:
-                return MemberResult(email_hash_, ok=True, status="deleted")
+                return MemberResult(email_hash_, ok=True, status="not_found")
             return MemberResult(email_hash_, ok=False, reason=exc.reason, permanent=exc.permanent)
         return MemberResult(email_hash_, ok=True, status="deleted")
 

@@ -113,6 +113,17 @@ class JobKind(enum.StrEnum):
     UPSERT = "upsert"  # add a member (status_if_new) or update merge fields
     UPDATE = "update"  # PATCH merge fields after a correction; never touches status
     ERASE = "erase"  # delete-permanent after an erasure request
+    #: Set a member back to unsubscribed: an opt-out that a re-confirmation request
+    #: (status pending) overtook at Mailchimp (worker/optouts/apply.py)
+    OPTOUT = "optout"
+
+
+#: A re-confirmation request (status pending) that Mailchimp took: the outcome of its jobs,
+#: which an opt-out arriving afterwards may find overtook it (worker/optouts/apply.py).
+RECONFIRM_SENT = "reconfirm_sent"
+#: An opt-out raced a re-confirmation: seen just before it (not sent), or arriving after it
+#: was sent (taken back with an OPTOUT job).
+OPTOUT_RACED = "optout_raced"
 
 
 class EventState(enum.StrEnum):

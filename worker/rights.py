@@ -8,7 +8,7 @@ Audit entries carry the email hash and the operator's reason, never the address.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, null, select, update
@@ -42,6 +42,10 @@ from worker.retention.holds import (
 
 EXPORT_FORMAT = "listsync-export/1"
 ERASED_REASON = SuppressionReason.ERASED
+#: The second delete-permanent of an erasure waits the in-flight timeout plus this: a call a
+#: flush made before the erasure (one that timed out on our side included) has landed at
+#: Mailchimp by then, or its job was rescued as stuck and is stopped.
+ERASE_AGAIN_MARGIN_SECONDS = 60
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -272,6 +276,7 @@ class ErasureReport:
     jobs_suppressed: int
     payloads_dropped: int
     sync_job_id: int
+    erase_again_job_id: int
 
 
 def erase(
@@ -296,9 +301,34 @@ def erase(
             "(`listsync hold release ID`) or wait for it to end"
         )
     contact = _contact_of(session, key)
+    # Jobs first, then submissions: the order a flush recording this person's job takes its
+    # locks in (worker/signups/flush.py, record), so the two never deadlock on PostgreSQL.
+    # Queued signups and corrections must not reach Mailchimp after the erasure, and one a
+    # flush is working on records nothing when its call returns: the flush records only jobs
+    # still in flight (worker/signups/flush.py, record).
+    jobs_suppressed = _count(
+        session.execute(
+            update(SyncJob)
+            .where(
+                SyncJob.email_hash == key,
+                SyncJob.state.in_([JobState.PENDING, JobState.IN_FLIGHT]),
+                SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
+            )
+            .values(state=JobState.SUPPRESSED, outcome="erased", finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    )
     submissions = ips = 0
     if contact is not None:
         ids_q = select(Submission.id).where(Submission.contact_id == contact.id)
+        # What the submissions' delete would do to their jobs (ON DELETE SET NULL), done
+        # here so that every job row is locked before any submission row.
+        session.execute(
+            update(SyncJob)
+            .where(SyncJob.submission_id.in_(ids_q))
+            .values(submission_id=None)
+            .execution_options(synchronize_session=False)
+        )
         ips = _count(
             session.execute(delete(SubmissionIP).where(SubmissionIP.submission_id.in_(ids_q)))
         )
@@ -306,19 +336,6 @@ def erase(
             session.execute(delete(Submission).where(Submission.contact_id == contact.id))
         )
     parked = _count(session.execute(delete(ParkedSignup).where(ParkedSignup.email_hash == key)))
-    # Queued signups and corrections must not reach Mailchimp after the erasure.
-    jobs_suppressed = _count(
-        session.execute(
-            update(SyncJob)
-            .where(
-                SyncJob.email_hash == key,
-                SyncJob.state == JobState.PENDING,
-                SyncJob.kind.in_([JobKind.UPSERT, JobKind.UPDATE]),
-            )
-            .values(state=JobState.SUPPRESSED, outcome="erased", finished_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    )
     # Webhook payloads carry the address; the event and its dedupe key stay (no replay).
     # That includes the events from before a change of address to this one: they are kept
     # under the old address's hash, and the change itself holds both addresses.
@@ -340,9 +357,18 @@ def erase(
         session.add(Suppression(email_hash=key, reason=ERASED_REASON, created_at=now))
     else:
         suppression.reason = ERASED_REASON
-    job = _queue_and_audit(
+    # A call already out (or one that timed out here but still lands at Mailchimp) may create
+    # the member after the first delete answered 404: a second delete follows once any such
+    # call has landed. Deleting a member that is not there is harmless.
+    again_at = now + timedelta(
+        seconds=get_settings().sync_in_flight_timeout_seconds + ERASE_AGAIN_MARGIN_SECONDS
+    )
+    job = SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=now)
+    session.add(job)
+    session.flush()
+    again = _queue_and_audit(
         session,
-        SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=now),
+        SyncJob(kind=JobKind.ERASE, contact_id=None, email_hash=key, next_attempt_at=again_at),
         "erase",
         {
             "reason": reason,
@@ -350,9 +376,10 @@ def erase(
             "ips": ips,
             "parked": parked,
             "jobs_suppressed": jobs_suppressed,
+            "first_sync_job_id": job.id,  # the second delete is `sync_job_id`
         },
     )
-    return ErasureReport(key, submissions, ips, parked, jobs_suppressed, payloads, job.id)
+    return ErasureReport(key, submissions, ips, parked, jobs_suppressed, payloads, job.id, again.id)
 
 
 def _former_hashes(session: Session, key: str) -> set[str]:

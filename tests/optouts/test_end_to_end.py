@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.conftest import Audience
 from tests.helpers import run_listsync, wait_for
@@ -23,7 +23,14 @@ from worker.addresses import email_hash
 from worker.app import app
 from worker.cli.processes import free_port
 from worker.db import session_scope
-from worker.models import FINISHED_JOB_STATES, Contact, ContactStatus, JobState, SyncJob
+from worker.models import (
+    FINISHED_JOB_STATES,
+    Contact,
+    ContactStatus,
+    JobState,
+    SyncJob,
+    utcnow,
+)
 
 SECRET = "test-webhook-secret-0123456789"
 
@@ -174,3 +181,57 @@ def test_a_reconcile_past_its_time_budget_queues_the_rest_of_itself(
     assert len(statuses) == len(emails) and set(statuses) == {ContactStatus.UNSUBSCRIBED}
     corrections = metrics.read_counters()["reconcile_corrections_total"]
     assert sum(corrections.values()) == len(emails)  # the overlap re-read corrects nothing
+
+
+def test_an_unsubscribe_landing_between_the_read_and_a_reconfirmation_is_restored(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from config import get_settings
+    from worker.models import OPTOUT_RACED, JobKind
+    from worker.publish import enqueue_signup
+    from worker.signups import flush as sync
+
+    monkeypatch.setenv("LISTSYNC_RESUBSCRIBE_WITH_CONFIRMATION", "true")
+    get_settings.cache_clear()
+    email = "second.thoughts@listsync-e2e.org"
+    emu, list_id = live.audience.emu, live.audience.list_id
+    emu.signup(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.SUBSCRIBED, timeout=20)
+    emu.unsubscribe(email, list_id=list_id)
+    wait_for(lambda: local_status(email) == ContactStatus.UNSUBSCRIBED, timeout=20)
+    # Mailchimp dates events to the second: the next opt-out must fall in a later one.
+    first = emu.advance_clock(0)[:19]
+    wait_for(lambda: emu.advance_clock(0)[:19] > first)
+    # The person unsubscribes again (a campaign's link) just as the re-confirmation request
+    # reaches Mailchimp: after the flush read the member, before the PUT is applied.
+    emu.script_failures(
+        "unsubscribe_first", count=1, path=f"/3.0/lists/{list_id}/members/*", method="PUT"
+    )
+    enqueue_signup(email=email, form="newsletter_signup")  # a new consent, after the opt-out
+
+    def jobs(kind: str) -> list[SyncJob]:
+        with session_scope() as session:
+            return list(
+                session.scalars(
+                    select(SyncJob).where(
+                        SyncJob.email_hash == email_hash(email), SyncJob.kind == kind
+                    )
+                )
+            )
+
+    # The PUT overwrote the opt-out with `pending`; the opt-out's webhook takes it back.
+    restore = wait_for(lambda: jobs(JobKind.OPTOUT), timeout=30)[0]
+    with session_scope() as session:  # due at once, or once a request in flight has landed
+        session.execute(
+            update(SyncJob).where(SyncJob.id == restore.id).values(next_attempt_at=utcnow())
+        )
+
+    def restored() -> bool:
+        sync.flush()
+        return live.audience.status(email) == "unsubscribed"
+
+    wait_for(restored, timeout=30)
+    (upsert,) = jobs(JobKind.UPSERT)[-1:]
+    assert upsert.outcome == OPTOUT_RACED
+    assert jobs(JobKind.OPTOUT)[0].state == JobState.DONE
+    assert local_status(email) == ContactStatus.UNSUBSCRIBED

@@ -113,5 +113,6 @@ def erase(email: str, reason: str) -> None:
         f"erased {report.email_hash[:12]}…: {report.submissions} submissions, {report.ips} IPs, "
         f"{report.parked} parked signups, {report.jobs_suppressed} queued jobs stopped; "
         "Mailchimp deletion queued "
-        f"(sync job {report.sync_job_id})"
+        f"(sync job {report.sync_job_id}, again as {report.erase_again_job_id} once calls "
+        "already out have landed)"
     )

@@ -40,6 +40,7 @@ FAULT_KINDS = (
     "timeout",
     "drop",
     "drop_after",
+    "unsubscribe_first",
 )
 LIMIT_RESPONSES = ("problem", "429_empty", "403_empty")
 BAD_GATEWAY_HTML = (
@@ -270,6 +271,17 @@ class Emulator:
             return web.Response(status=403), "403"
         if kind == "drop":
             return self._drop(request), "drop"
+        if kind == "unsubscribe_first":
+            # Not a fault: the person unsubscribes (as from a campaign's link) just before
+            # this call about them is applied, the way a click can land between a client's
+            # read and its write. The call then proceeds.
+            list_id = request.match_info.get("list_id", "")
+            key = request.match_info.get("subscriber_hash", "")
+            audience = self.state.audiences.get(list_id)
+            member = audience.members.get(key.lower()) if audience is not None else None
+            if member is not None:
+                self.fire(self.state.person_unsubscribe(list_id, member.email_address))
+            return None
         if kind == "timeout":
             # The client gives up, but the call still runs here and holds its connection
             # slot, as docs/mailchimp.md warns; it lands after the hold.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, inspect, select, update
+from sqlalchemy import Select, and_, inspect, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,8 @@ from worker.addresses import member_hash
 from worker.db import dialect_insert, session_scope
 from worker.models import (
     OPTED_OUT,
+    OPTOUT_RACED,
+    RECONFIRM_SENT,
     ChangeSource,
     Contact,
     ContactStatus,
@@ -61,6 +63,9 @@ APPLY_BATCH = 500
 #: Events applied per transaction within a run.
 APPLY_CHUNK = 100
 MAILCHIMP_SOURCES = frozenset({ChangeSource.WEBHOOK, ChangeSource.RECONCILE})
+#: Slack between Mailchimp's clock (an event's fired_at, to the second) and ours when an
+#: opt-out is ordered against a re-confirmation request.
+RECONFIRM_RACE_MARGIN = timedelta(seconds=120)
 
 
 def more_restrictive(a: str, b: str) -> bool:
@@ -456,6 +461,14 @@ def _apply_status(session: Session, change: Change, known: Prefetched | None) ->
         return Result(EventState.IGNORED, "erased")
     if _is_stale(contact, change):
         return Result(EventState.IGNORED, "stale")
+    # What the flush's plan reads as "re-confirm": unsubscribed, with a newer consent.
+    reconfirming = (
+        contact.status == ContactStatus.UNSUBSCRIBED
+        and contact.consent_at is not None
+        and contact.consent_at > contact.status_changed_at
+    )
+    if change.status in OPTED_OUT:
+        _take_back_reconfirmations(session, contact, change.fired_at, reconfirming)
     if change.status == ContactStatus.SUBSCRIBED:
         _update_merges(contact, change.merges)
     if contact.status == change.status:
@@ -481,6 +494,64 @@ def _apply_status(session: Session, change: Change, known: Prefetched | None) ->
         suppressed,
     )
     return Result(EventState.APPLIED, f"status:{change.status}", changed_status=True)
+
+
+def _take_back_reconfirmations(
+    session: Session, contact: Contact, fired_at: datetime, reconfirming: bool
+) -> int:
+    """An opt-out that fired while a re-confirmation request was on its way may have landed
+    at Mailchimp first; the request (`status: pending`) then overwrote it. Mailchimp offers
+    no conditional write, so the opt-out is restored after the fact: the request's jobs end
+    `optout_raced` and an OPTOUT job sets the member back to unsubscribed. When the opt-out
+    in fact came after the request, the member is unsubscribed already and the write changes
+    nothing. Returns how many requests were taken back.
+
+    A job still in flight (a re-confirmation, if the contact is `reconfirming`) is stopped,
+    so its flush records nothing, and the restore waits until its call has surely landed.
+    """
+    now = utcnow()
+    settings = get_settings()
+    jobs = list(
+        session.scalars(
+            select(SyncJob).where(
+                SyncJob.contact_id == contact.id,
+                SyncJob.kind == JobKind.UPSERT,
+                SyncJob.claimed_at.is_not(None),
+                SyncJob.claimed_at <= fired_at + RECONFIRM_RACE_MARGIN,
+                or_(
+                    SyncJob.state == JobState.IN_FLIGHT,
+                    and_(SyncJob.state == JobState.DONE, SyncJob.outcome == RECONFIRM_SENT),
+                ),
+            )
+        )
+    )
+    due = now
+    taken = 0
+    for job in jobs:
+        if job.state == JobState.IN_FLIGHT:
+            if not (reconfirming and settings.resubscribe_with_confirmation):
+                continue
+            assert job.claimed_at is not None
+            landed_by = job.claimed_at + timedelta(seconds=settings.sync_in_flight_timeout_seconds)
+            due = max(due, landed_by + RECONFIRM_RACE_MARGIN)
+            job.state = JobState.SUPPRESSED
+            job.finished_at = now
+        elif job.finished_at is not None and fired_at > job.finished_at + RECONFIRM_RACE_MARGIN:
+            continue  # an opt-out well after the request: it stands at Mailchimp
+        job.outcome = OPTOUT_RACED
+        job.last_error = f"{OPTOUT_RACED} (an opt-out overtook the re-confirmation)"
+        taken += 1
+    if taken:
+        session.add(
+            SyncJob(
+                kind=JobKind.OPTOUT,
+                contact_id=contact.id,
+                email_hash=contact.email_hash,
+                next_attempt_at=due,
+            )
+        )
+        log.warning("optouts: contact %d: %d re-confirmation(s) taken back", contact.id, taken)
+    return taken
 
 
 def _pending_jobs_of(hashes: Collection[str]) -> Select[SyncJob]:

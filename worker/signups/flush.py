@@ -16,11 +16,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 
 from sqlalchemy import CursorResult, and_, func, or_, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config import get_settings
@@ -41,6 +42,9 @@ from worker.mailchimp import (
 )
 from worker.models import (
     OPTED_OUT,
+    OPTOUT_RACED,
+    RECONFIRM_SENT,
+    AuditEntry,
     ChangeSource,
     Contact,
     ContactStatus,
@@ -110,6 +114,8 @@ class Send:
     is_new: bool = True
     #: What the signups' forms add to the write (tags, groups, language, permissions).
     feeds: list[Feed] = field(default_factory=list)
+    #: The contact's latest consent (a re-confirmation is sent only for a newer one).
+    consent_at: datetime | None = None
 
     @property
     def feed(self) -> Feed:
@@ -121,6 +127,7 @@ class Plan:
     upserts: dict[str, Send] = field(default_factory=dict)  # by email hash
     updates: dict[str, Send] = field(default_factory=dict)
     erases: dict[str, list[int]] = field(default_factory=dict)
+    optouts: dict[str, list[int]] = field(default_factory=dict)  # opt-outs to restore
     settled: dict[int, Outcome] = field(default_factory=dict)  # decided without a call
     #: Jobs whose form names a group or permission the audience lacks: job id -> code.
     unresolved: dict[int, str] = field(default_factory=dict)
@@ -226,6 +233,9 @@ def plan(
         if job.kind == JobKind.ERASE:
             out.erases.setdefault(job.email_hash, []).append(job.id)
             continue
+        if job.kind == JobKind.OPTOUT:
+            out.optouts.setdefault(job.email_hash, []).append(job.id)
+            continue
         if job.email_hash in erased or (contact is not None and contact.email_hash in erased):
             out.settled[job.id] = Outcome(JobState.SUPPRESSED, "suppressed_hash")
             continue
@@ -266,6 +276,7 @@ def plan(
         if feed is not None:
             send.feeds.append(feed)
         send.resubscribe = send.resubscribe or resubscribe
+        send.consent_at = contact.consent_at
         send.job_ids.append(job.id)
     return out
 
@@ -429,11 +440,36 @@ def send(
     for s in confirm:
         # A new, explicit consent after an opt-out, with re-confirmation switched on: ask
         # Mailchimp to email a confirmation. It may refuse; that ends the job suppressed.
+        # Read the member first: `status: pending` overwrites whatever it holds, so it is
+        # sent only to a member still unsubscribed from before the consent. (An opt-out
+        # landing between this read and the write is taken back when its webhook arrives:
+        # worker/optouts/apply.py.)
+        seen = call(s.job_ids, partial(gateway.read_member, s.email_hash))
+        if seen is None or (not seen.ok and seen.reason != "not_found"):
+            continue  # deferred, or the read failed: its outcome stands
+        if seen.ok and seen.status in ("subscribed", "pending", "cleaned"):
+            continue  # nothing to ask (or an opt-out to keep): the read's outcome stands
+        if (
+            seen.ok
+            and seen.last_changed is not None
+            and (s.consent_at is None or seen.last_changed > s.consent_at)
+        ):
+            settle(s.job_ids, Outcome(JobState.SUPPRESSED, OPTOUT_RACED, "unsubscribed"))
+            continue
         upsert(s, "pending", status="pending")
+        for job_id in s.job_ids:
+            sent = outcomes.get(job_id)
+            if sent is not None and sent.state == JobState.DONE and sent.member_status == "pending":
+                outcomes[job_id] = Outcome(JobState.DONE, RECONFIRM_SENT, "pending")
     for s in work.updates.values():
         call(s.job_ids, partial(gateway.update_member, s.email_hash, s.merge_fields))
     for key, job_ids in work.erases.items():
         call(job_ids, partial(gateway.delete_permanent, key))
+    for key, job_ids in work.optouts.items():
+        restored = call(job_ids, partial(gateway.unsubscribe_member, key))
+        if restored is not None and restored.ok:
+            # Done, whatever status the answer shows: no status of it is mirrored here.
+            settle(job_ids, Outcome(JobState.DONE, f"restored_{restored.status or 'ok'}"[:32]))
 
 
 def _failed(s: Send, exc: MailchimpError) -> MemberResult:
@@ -453,7 +489,19 @@ def record(
 ) -> None:
     """Write each job's outcome, mirror learned statuses, start retention clocks."""
     window = timedelta(hours=get_settings().sync_retry_window_hours)
-    jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(list(outcomes)))).all()
+    ids = list(outcomes)
+    # Lock the jobs before reading them: an erasure or an opt-out may stop a job while its
+    # call is out, and what it committed must win over this record. This first write takes
+    # the rows' locks on PostgreSQL (the read below then sees the latest version) and the
+    # database's write lock on SQLite, whose driver would otherwise read outside the write
+    # transaction and write over a commit made in between.
+    session.execute(
+        update(SyncJob)
+        .where(SyncJob.id.in_(ids))
+        .values(attempts=SyncJob.attempts)
+        .execution_options(synchronize_session=False)
+    )
+    jobs = session.scalars(select(SyncJob).where(SyncJob.id.in_(ids))).all()
     contact_of = contacts_of(session, jobs)
     finished: dict[int, bool] = {}  # submission id -> synced
     mirror: dict[str, set[int]] = {}  # member status Mailchimp reported -> contact ids
@@ -484,6 +532,16 @@ def record(
                 report.suppressed += 1
             else:
                 report.failed += 1
+        if job.kind == JobKind.ERASE:
+            # Each delete of an erasure, audited: `deleted`, `not_found` (Mailchimp held no
+            # such member), or why it gave up. The hash only.
+            session.add(
+                AuditEntry(
+                    action="erase_delete",
+                    subject=job.email_hash,
+                    detail={"sync_job_id": job.id, "outcome": _erase_outcome(outcome)},
+                )
+            )
         if contact is not None and outcome.member_status in MIRRORED_STATUSES:
             mirror.setdefault(str(outcome.member_status), set()).add(contact.id)
         if job.submission_id is not None:
@@ -497,6 +555,12 @@ def record(
     ):
         if count:
             metrics.incr("sync_members_total", count, outcome=str(state))
+
+
+def _erase_outcome(outcome: Outcome) -> str:
+    if outcome.state == JobState.DONE and outcome.member_status:
+        return outcome.member_status  # deleted, not_found
+    return (outcome.reason if outcome.state else f"gave_up:{outcome.reason}")[:32]
 
 
 def _mirror(session: Session, by_status: dict[str, set[int]]) -> None:
@@ -572,8 +636,19 @@ def flush(limit: int | None = None) -> FlushReport:
             log.error("flush: unexpected %s; unsent jobs go back to pending", type(exc).__name__)
         for job_id in job_ids:
             outcomes.setdefault(job_id, Outcome(None, reason))
-    with session_scope() as session:
-        record(session, outcomes, utcnow(), report)
+    counts = replace(report)
+    for attempt in range(3):
+        try:
+            with session_scope() as session:
+                record(session, outcomes, utcnow(), report)
+            break
+        except OperationalError as exc:
+            # An opt-out applied at this moment locks its contact, then the job it takes back
+            # (worker/optouts/apply.py), the other way round from this record: PostgreSQL may
+            # end either as a deadlock. Recording again sees the other's commit.
+            if attempt == 2 or getattr(exc.orig, "sqlstate", None) != "40P01":
+                raise
+            report.__dict__.update(replace(counts).__dict__)
     log.info(
         "flush: claimed=%d done=%d suppressed=%d retry=%d failed=%d calls=%d",
         report.claimed,

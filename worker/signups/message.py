@@ -133,6 +133,8 @@ class Signup:
     dropped_fields: int
     ip: str | None
     idempotency_key: str
+    #: The message carried its own `submitted_at` (else it is the time of validation).
+    dated: bool = True
 
     def merge_fields(self, allowed: list[str]) -> dict[str, str]:
         return {
@@ -195,6 +197,7 @@ def validate(
         dropped_fields=len(message.fields) - len(kept),
         ip=str(message.ip) if message.ip is not None else None,
         idempotency_key=idempotency_key,
+        dated=message.submitted_at is not None,
     )
 
 

@@ -26,6 +26,9 @@ _OUTCOMES: dict[str, tuple[str, str | None]] = {
     "member_subscribed": (SYNCED, None),
     "member_ok": (SYNCED, None),
     "member_pending": (PENDING_CONFIRMATION, None),
+    "reconfirm_sent": (PENDING_CONFIRMATION, None),
+    # An opt-out newer than the signup's consent: before the request, or overtaking it.
+    "optout_raced": (SUPPRESSED, "previously_unsubscribed"),
     "member_archived": (SUPPRESSED, "archived"),
     "member_unsubscribed": (SUPPRESSED, "previously_unsubscribed"),
     "compliance_state": (SUPPRESSED, "previously_unsubscribed"),

@@ -51,6 +51,10 @@ class IngestResult:
     sync_job_id: int | None = None
 
 
+#: Why an undated queued signup for an erased address is refused (a fixed text: no value).
+UNDATED_AFTER_ERASURE = "missing; a queued signup for an erased address must be dated"
+
+
 def ingest(session: Session, signup: Signup, *, now: datetime | None = None) -> IngestResult:
     """Store one validated signup (without committing); raises SignupRejected."""
     result = ingest_many(session, [signup], now=now)[0]
@@ -60,12 +64,21 @@ def ingest(session: Session, signup: Signup, *, now: datetime | None = None) -> 
 
 
 def ingest_many(
-    session: Session, signups: Sequence[Signup], *, now: datetime | None = None
+    session: Session,
+    signups: Sequence[Signup],
+    *,
+    now: datetime | None = None,
+    queued: bool = False,
 ) -> list[IngestResult | SignupRejected]:
     """Store validated signups (without committing): a handful of statements for any number.
 
     Idempotent on the idempotency key, also within the batch. Returns one result per signup,
     in order: what was stored (or found), or why it was refused.
+
+    A signup dated at or before its address's erasure is stale. So is a `queued` one that
+    came without `submitted_at` for an erased address: it may have waited in the queue (or
+    been delivered again) since before the erasure, and the time it was taken off the queue
+    says nothing about when the person signed up (docs/intake.md, "Dating a signup").
     """
     now = now or utcnow()
     schedule = get_schedule()
@@ -103,6 +116,8 @@ def ingest_many(
             )
         elif signup.email_hash in erased_at and signup.submitted_at <= erased_at[signup.email_hash]:
             results[i] = SignupRejected([Problem("email", "address was erased; stale signup")])
+        elif signup.email_hash in erased_at and queued and not signup.dated:
+            results[i] = SignupRejected([Problem("submitted_at", UNDATED_AFTER_ERASURE)])
         elif signup.idempotency_key not in fresh:
             fresh[signup.idempotency_key] = i
     to_store = [signups[i] for i in fresh.values()]
@@ -261,7 +276,7 @@ def receive_many(raws: Sequence[Any], *, channel: str) -> list[IngestResult | Si
     for attempt in range(3):
         try:
             with session_scope() as session:
-                stored = iter(ingest_many(session, valid))
+                stored = iter(ingest_many(session, valid, queued=channel == "queue"))
             break
         except IntegrityError:
             if attempt == 2:
