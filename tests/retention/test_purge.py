@@ -453,6 +453,33 @@ def test_two_purges_racing_one_runs_the_other_returns_at_once(rows: Rows) -> Non
     assert rows.count(Submission) == 0
 
 
+@pytest.mark.postgres_only
+def test_the_purge_lock_guards_one_schema_not_the_whole_database(tmp_path: Path) -> None:
+    """Two deployments (or test processes) in two schemas of one database each purge their
+    own tables: the lock held in one schema excludes a second purge there, not in the other."""
+    from sqlalchemy import create_engine
+
+    from tests.conftest import fresh_database
+
+    with (
+        fresh_database("postgresql", tmp_path) as one,
+        fresh_database("postgresql", tmp_path) as other,
+    ):
+        engines = [create_engine(one), create_engine(one), create_engine(other)]
+        try:
+            with retention.purge_lock(engines[0]) as first:
+                assert first
+                with retention.purge_lock(engines[1]) as same_schema:
+                    assert not same_schema
+                with retention.purge_lock(engines[2]) as other_schema:
+                    assert other_schema
+            with retention.purge_lock(engines[1]) as after_release:
+                assert after_release
+        finally:
+            for engine in engines:
+                engine.dispose()
+
+
 KILLED_PURGE = """
 import sys, time
 from datetime import datetime, timedelta, UTC
