@@ -168,9 +168,13 @@ def test_signup_intake_never_fails_or_leaks_and_refusals_write_nothing(
             assert grew == set()
 
     statuses = fuzz(load(app)["/v1/signups"]["POST"], mode, prepare, after)
-    assert statuses[401] and statuses[422]  # both doors were tried
+    assert statuses[401]  # the locked door was tried
     if mode == GenerationMode.POSITIVE:
-        assert statuses[202]  # and valid signups got through to storage
+        # Valid signups got through to storage. (A 422 here is rare, not excluded: a time
+        # ahead of the server's clock is refused, and a schema cannot say "now".)
+        assert statuses[202]
+    else:
+        assert statuses[422]
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
