@@ -152,10 +152,19 @@ def test_scripted_429_problem_and_bodiless(client, emulator, list_id) -> None:
 
 def test_latency_model(client, emulator, list_id) -> None:
     emulator.set_latency(300, jitter_ms=100)
-    start = time.monotonic()
+    emulator.reset_counters()
+    for _ in range(5):
+        start = time.monotonic()
+        client.lists.get_list(list_id)
+        # A sleep never ends early: each call took at least the base latency.
+        assert time.monotonic() - start >= 0.3
+    # Every delay the emulator applied lies in [latency, latency + jitter].
+    delay = emulator.counters()["delay_ms"]
+    assert 300 <= delay["min"] <= delay["max"] <= 400
+    emulator.set_latency(0)
+    emulator.reset_counters()
     client.lists.get_list(list_id)
-    elapsed = time.monotonic() - start
-    assert 0.3 <= elapsed < 2.0
+    assert emulator.counters()["delay_ms"] is None  # no latency, no delay
 
 
 def test_counters(client, emulator, list_id) -> None:

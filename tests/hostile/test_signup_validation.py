@@ -17,9 +17,16 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from tests.hostile.conftest import AUTH, TestClient, counts
+from worker.addresses import REASONS
 from worker.db import session_scope
 from worker.models import Contact, RejectedSignup, Submission
-from worker.signups.message import Signup, SignupRejected, build_message, validate
+from worker.signups.message import (
+    Signup,
+    SignupMessage,
+    SignupRejected,
+    build_message,
+    validate,
+)
 from worker.signups.store import IngestResult, receive, receive_many
 
 BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, database=None)
@@ -31,6 +38,10 @@ WITH_DB = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 FORMS = ["newsletter_signup", "contact_form", "survey"]
+#: The fixed texts a refused address gets (worker/addresses.py), never the address.
+ADDRESS_REASONS = {f"not a valid email address: {text}" for text in REASONS.values()}
+#: What a rejection's problem may name: a field of the message, or the message itself.
+MESSAGE_FIELDS = {*SignupMessage.model_fields, "message", "…"}
 
 # --- addresses, the awkward ways people and websites write them --------------------------
 
@@ -118,6 +129,13 @@ def test_an_address_is_rejected_without_being_quoted_or_normalized_and_hashed(
     except SignupRejected as exc:
         assert_clean_rejection(exc, address)
         assert len(address) > 320 or expected_normalized(address) is None
+        # One problem, on the address, in one of the fixed texts.
+        [problem] = exc.problems
+        assert problem.field == "email"
+        if len(address) > 320:
+            assert problem.reason == "String should have at most 320 characters"
+        else:
+            assert problem.reason in ADDRESS_REASONS, problem.reason
         return
     assert signup.email == expected_normalized(address)
     assert signup.email_hash == md5_lower(signup.email)
@@ -131,12 +149,17 @@ def test_ascii_case_never_changes_who_a_person_is(
     local_part: str, labels: list[str], flips: list[bool]
 ) -> None:
     address = f"{local_part}@{'.'.join(labels)}.org"
+    shouted = build_message(mixed_case(address, flips), "newsletter_signup")
     try:
         plain = validate(build_message(address, "newsletter_signup"))
-    except SignupRejected:
+    except SignupRejected as exc:
+        # Refused whatever its case, for the same reason.
+        with pytest.raises(SignupRejected) as again:
+            validate(shouted)
+        assert again.value.problems == exc.problems
+        assert [p.field for p in exc.problems] == ["email"]
         return
-    shouted = validate(build_message(mixed_case(address, flips), "newsletter_signup"))
-    assert shouted.email_hash == plain.email_hash
+    assert validate(shouted).email_hash == plain.email_hash
 
 
 def test_an_idn_domain_and_its_punycode_are_the_same_person() -> None:
@@ -173,6 +196,11 @@ def test_any_json_message_is_either_a_signup_or_a_clean_rejection(message: Any) 
         result = validate(message)
     except SignupRejected as exc:
         assert all(p.field and p.reason for p in exc.problems)
+        # Each problem names a field of the message (a name that is not plain shows as "…"),
+        # or the message itself when it is not an object.
+        for p in exc.problems:
+            if p.reason != "Extra inputs are not permitted":  # a key no message has
+                assert p.field.split(".")[0] in MESSAGE_FIELDS, p
         address = message.get("email") if isinstance(message, dict) else None
         if isinstance(address, str):
             assert_clean_rejection(exc, address)

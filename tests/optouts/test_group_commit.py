@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +21,9 @@ from worker.optouts import inbox
 from worker.web.group_commit import GroupCommit
 
 AT = datetime(2024, 3, 1, 12, 30, 5, tzinfo=UTC)
+#: The tests below wait on conditions, never on a clock; what they guard against (a request
+#: or a batch waiting for ever) shows as a test that never ends, stopped here.
+pytestmark = pytest.mark.timeout(60)
 
 
 def parsed(n: int) -> Any:
@@ -98,7 +100,7 @@ class Recorder:
 
     def __call__(self, items: Sequence[int]) -> list[int]:
         self.started.set()
-        self.release.wait(5)  # the first batch waits, so that the others pile up behind it
+        self.release.wait()  # the first batch waits, so that the others pile up behind it
         self.batches.append(list(items))
         if self.refuse is not None and (self.bad is None or self.bad in items):
             raise self.refuse
@@ -107,7 +109,7 @@ class Recorder:
 
 async def submit_all(group: GroupCommit[int, int], items: list[int], recorder: Recorder) -> Any:
     tasks = [asyncio.ensure_future(group.submit(items[0]))]
-    assert await asyncio.to_thread(recorder.started.wait, 5)  # the first batch is held up
+    await asyncio.to_thread(recorder.started.wait)  # the first batch is held up
     tasks += [asyncio.ensure_future(group.submit(item)) for item in items[1:]]
     await asyncio.sleep(0)  # one turn of the loop: each new task has queued its item
     recorder.release.set()
@@ -154,19 +156,23 @@ def test_requests_are_answered_before_the_step_after_the_store_whatever_it_does(
     waited: list[bool] = []
 
     def then(items: Sequence[int], results: list[int]) -> None:
-        waited.append(all_answered.wait(5))  # False: the answers waited for this step
+        # Blocks until every request has its answer: were the answers waiting for this
+        # step, neither would ever go on (the test then fails at its timeout).
+        waited.append(all_answered.wait())
         raise RuntimeError("the counters' Redis is away")
 
     async def main() -> list[int]:
         group: GroupCommit[int, int] = GroupCommit(lambda items: [i * 10 for i in items], then=then)
         results = await asyncio.gather(*(group.submit(i) for i in range(3)))
         all_answered.set()
-        deadline = time.monotonic() + 5
-        while not waited and time.monotonic() < deadline:
+        while not waited:
             await asyncio.sleep(0.01)  # let the step finish before the loop closes
         return results
 
-    assert asyncio.run(main()) == [0, 10, 20]
+    try:
+        assert asyncio.run(main()) == [0, 10, 20]
+    finally:
+        all_answered.set()  # a failed run leaves no thread blocked behind it
     assert waited and all(waited)
 
 
@@ -183,9 +189,8 @@ def test_concurrent_webhooks_are_each_stored_once_and_answered_alike(redis_clien
             responses = await asyncio.gather(
                 *(http.post(URL, content=raw, headers=FORM) for raw in requests)
             )
-        # The apply run is asked for after the answers: give the writer its last step.
-        deadline = time.monotonic() + 5
-        while not redis_client.llen("optouts") and time.monotonic() < deadline:
+        # The apply run is asked for after the answers: wait for the writer's last step.
+        while not redis_client.llen("optouts"):
             await asyncio.sleep(0.01)
         return responses
 
@@ -205,7 +210,8 @@ def test_if_the_writer_itself_fails_no_request_waits_for_ever() -> None:
     async def run() -> list[Any]:
         group: GroupCommit[int, int] = GroupCommit(wrong_length)
         tasks = [asyncio.ensure_future(group.submit(item)) for item in range(3)]
-        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+        # A request left waiting for ever fails the test at its timeout.
+        return await asyncio.gather(*tasks, return_exceptions=True)
 
     results = asyncio.run(run())
     assert len(results) == 3 and all(isinstance(r, ValueError) for r in results)

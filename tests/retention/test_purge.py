@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -231,6 +232,110 @@ def test_released_or_ended_hold_makes_rows_due_again(rows: Rows) -> None:
     assert rows.count(Submission) == 0
 
 
+def _held_job(rows: Rows, email: str) -> Callable[[], bool]:
+    job = rows.job(email, state=JobState.DONE)
+    return lambda: rows.exists(SyncJob, job)
+
+
+def _held_submission(rows: Rows, email: str) -> Callable[[], bool]:
+    sub = rows.submission(rows.contact(email), need_until=T0)
+    return lambda: rows.exists(Submission, sub)
+
+
+def _held_ip(rows: Rows, email: str) -> Callable[[], bool]:
+    # The submission is kept long; only its IP, on its own clock, is due.
+    sub = rows.submission(rows.contact(email), need_until=T0 + 3650 * DAY, ip="192.0.2.3")
+    return lambda: rows.exists(SubmissionIP, sub)
+
+
+def _held_payload(rows: Rows, email: str) -> Callable[[], bool]:
+    event = rows.event(email, T0)
+
+    def kept() -> bool:
+        with rows.session() as s:
+            found = s.get(WebhookEvent, event)
+            return found is not None and found.payload is not None
+
+    return kept
+
+
+def _held_event(rows: Rows, email: str) -> Callable[[], bool]:
+    event = rows.event(email, T0)
+    return lambda: rows.exists(WebhookEvent, event)
+
+
+def _held_contact(rows: Rows, email: str) -> Callable[[], bool]:
+    contact = rows.contact(email, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
+    return lambda: rows.exists(Contact, contact)
+
+
+def _held_parked(rows: Rows, email: str) -> Callable[[], bool]:
+    from worker.addresses import email_hash
+    from worker.models import ParkedSignup
+
+    with rows.session() as s:
+        parked = ParkedSignup(
+            parked_at=T0, channel="queue", form="survey", email_hash=email_hash(email), error="x"
+        )
+        s.add(parked)
+        s.commit()
+        parked_id = parked.id
+    return lambda: rows.exists(ParkedSignup, parked_id)
+
+
+#: Every kind of row the purge removes that belongs to a person, and so can be held (purge
+#: runs and rejection records carry no address or hash: nothing to hold them by).
+HOLDABLE = {
+    "sync_jobs": _held_job,
+    "submissions": _held_submission,
+    "ips": _held_ip,
+    "webhook_payloads": _held_payload,
+    "webhook_events": _held_event,
+    "contacts": _held_contact,
+    "parked_signups": _held_parked,
+}
+
+
+def test_every_kind_of_row_the_purge_removes_is_listed_as_holdable_or_not() -> None:
+    assert set(HOLDABLE) | {"purge_runs", "rejected_signups"} == set(retention.KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(HOLDABLE))
+def test_a_hold_on_the_address_keeps_each_kind_of_row_until_released(rows: Rows, kind: str) -> None:
+    from worker.retention.holds import release_hold
+
+    held = HOLDABLE[kind](rows, "held@example.com")
+    free = HOLDABLE[kind](rows, "free@example.com")
+    hold_id = rows.hold(email="held@example.com")
+    later = T0 + 200 * DAY  # past every retention that applies to these rows
+
+    result = purge_at(later)
+    assert held(), f"{kind}: a held row was purged"
+    assert not free(), f"{kind}: the unheld twin was kept"
+    assert result.counts[kind] == 1
+    with rows.session() as s:
+        assert release_hold(s, hold_id, now=later)
+        s.commit()
+    purge_at(later + DAY)
+    assert not held(), f"{kind}: kept after its hold was released"
+
+
+@pytest.mark.parametrize("kind", ["submissions", "ips"])
+def test_a_hold_on_one_submission_keeps_it_and_its_ip(rows: Rows, kind: str) -> None:
+    contact = rows.contact(EMAIL)
+    if kind == "submissions":
+        held_id = rows.submission(contact, need_until=T0, ip="192.0.2.4")
+        free_id = rows.submission(contact, need_until=T0, ip="192.0.2.5")
+    else:
+        held_id = rows.submission(contact, need_until=T0 + 3650 * DAY, ip="192.0.2.4")
+        free_id = rows.submission(contact, need_until=T0 + 3650 * DAY, ip="192.0.2.5")
+    rows.hold(submission_id=held_id)
+    purge_at(T0 + 200 * DAY)
+    assert rows.exists(SubmissionIP, held_id) and not rows.exists(SubmissionIP, free_id)
+    assert rows.exists(Submission, held_id)
+    assert rows.exists(Submission, free_id) == (kind == "ips")
+
+
 # --- runs: audit, dry run, chunks, budget ---------------------------------------------------
 
 
@@ -346,6 +451,33 @@ def test_two_purges_racing_one_runs_the_other_returns_at_once(rows: Rows) -> Non
         first.join(30)
     assert results[0].counts["submissions"] == 4 and not results[0].locked_out
     assert rows.count(Submission) == 0
+
+
+@pytest.mark.postgres_only
+def test_the_purge_lock_guards_one_schema_not_the_whole_database(tmp_path: Path) -> None:
+    """Two deployments (or test processes) in two schemas of one database each purge their
+    own tables: the lock held in one schema excludes a second purge there, not in the other."""
+    from sqlalchemy import create_engine
+
+    from tests.conftest import fresh_database
+
+    with (
+        fresh_database("postgresql", tmp_path) as one,
+        fresh_database("postgresql", tmp_path) as other,
+    ):
+        engines = [create_engine(one), create_engine(one), create_engine(other)]
+        try:
+            with retention.purge_lock(engines[0]) as first:
+                assert first
+                with retention.purge_lock(engines[1]) as same_schema:
+                    assert not same_schema
+                with retention.purge_lock(engines[2]) as other_schema:
+                    assert other_schema
+            with retention.purge_lock(engines[1]) as after_release:
+                assert after_release
+        finally:
+            for engine in engines:
+                engine.dispose()
 
 
 KILLED_PURGE = """

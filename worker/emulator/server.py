@@ -148,6 +148,9 @@ class Emulator:
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.faults_injected: dict[str, int] = defaultdict(int)
         self.limit_rejections = 0
+        #: The shortest and longest latency applied to a call since the counters' reset, so
+        #: a test can check the model without timing calls against a wall clock.
+        self.delay_ms: list[float] = []
 
     # ---- counters ---------------------------------------------------------------------
     def counters(self) -> dict[str, Any]:
@@ -157,6 +160,9 @@ class Emulator:
             "peak_in_flight": self.peak_in_flight,
             "peak_attempted": self.peak_attempted,
             "limit_rejections": self.limit_rejections,
+            "delay_ms": {"min": min(self.delay_ms), "max": max(self.delay_ms)}
+            if self.delay_ms
+            else None,
             "faults_injected": dict(self.faults_injected),
             "members": self.state.member_counts(),
             "confirmations_sent": {
@@ -171,6 +177,7 @@ class Emulator:
         self.peak_in_flight = self.in_flight
         self.peak_attempted = self.in_flight
         self.limit_rejections = 0
+        self.delay_ms = []
         self.dispatcher.reset()
 
     def fire(self, events: list[Event]) -> None:
@@ -224,6 +231,7 @@ class Emulator:
             await request.read()
         delay = self.faults.latency_ms + random.uniform(0, self.faults.jitter_ms)
         if delay > 0:
+            self.delay_ms = [min([delay, *self.delay_ms]), max([delay, *self.delay_ms])]
             await asyncio.sleep(delay / 1000)
         kind = self.faults.pick(request.method, request.path)
         if kind is not None:

@@ -14,15 +14,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from email_validator import SPECIAL_USE_DOMAIN_NAMES
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyAddress,
     PlainValidator,
+    StrictBool,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
 )
 
 from worker.addresses import InvalidAddress, email_hash, normalize_email
@@ -71,7 +75,23 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-FieldValue = Annotated[Any, PlainValidator(_field_value)]
+_TEXT = {"type": "string", "maxLength": MAX_FIELD_CHARS, "pattern": "^[^\\x00]*$"}
+FieldValue = Annotated[
+    Any,
+    PlainValidator(_field_value),
+    # What _field_value accepts, for the OpenAPI document: a PlainValidator has no schema.
+    WithJsonSchema(
+        {
+            "anyOf": [
+                _TEXT,
+                {"type": "number"},
+                {"type": "boolean"},
+                {"type": "null"},
+                {"type": "array", "items": _TEXT, "maxItems": MAX_CHOICES},
+            ]
+        }
+    ),
+]
 #: Names shown in a rejection: anything else (an address used as a key) is not echoed.
 _SHOWN_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,64}")
 
@@ -80,10 +100,40 @@ _SHOWN_NAME = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,64}")
 VersionLabel = Annotated[str, StringConstraints(max_length=64, pattern=r"^[^\x00]*$")]
 
 
+def _text_only(value: Any) -> Any:
+    # Lax parsing alone takes numbers (and so true and false) as IP addresses and as Unix
+    # times: the schema and the docs say text, so text it is.
+    if value is not None and not isinstance(value, str):
+        raise ValueError("must be text")
+    return value
+
+
+#: An IPv4 or IPv6 address without a zone (`%eth0`: refused in `validate`). The schema says
+#: so in the formats JSON Schema knows: pydantic's own ("ipvanyaddress") is one no client or
+#: fuzzer knows, which let it send any string, the empty one included.
+IPAddress = Annotated[
+    IPvAnyAddress,
+    BeforeValidator(_text_only),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "format": "ipv4"}, {"type": "string", "format": "ipv6"}],
+            "description": "an IPv4 or IPv6 address, without a %zone",
+        }
+    ),
+]
+
+
+def _field_names_schema(schema: dict[str, Any]) -> None:
+    # A name is stripped of surrounding whitespace (str_strip_whitespace) before its length
+    # is checked: it needs a character that is not whitespace.
+    schema["propertyNames"] = {**schema.get("propertyNames", {}), "pattern": "\\S"}
+
+
 class Consent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    newsletter: bool | None = None
+    # true or false only: lax parsing would read 0, "no" or "off" as a consent answer.
+    newsletter: StrictBool | None = None
     text_version: VersionLabel | None = None
 
 
@@ -93,12 +143,29 @@ class SignupMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     v: Literal[1] = 1
-    email: Annotated[str, StringConstraints(min_length=3, max_length=320)]
+    email: Annotated[
+        str,
+        StringConstraints(min_length=3, max_length=320),
+        Field(
+            json_schema_extra={
+                "format": "email",
+                # Special-use domains (RFC 6761) are no one's mailbox: refused, as
+                # email-validator refuses them.
+                "pattern": f"^(?!.*[.@]({'|'.join(SPECIAL_USE_DOMAIN_NAMES)})\\.?$)",
+            }
+        ),
+    ]
     form: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    submitted_at: AwareDatetime | None = None
+    submitted_at: Annotated[
+        AwareDatetime | None,
+        BeforeValidator(_text_only),
+        Field(description="with its UTC offset; at most an hour ahead of the server's clock"),
+    ] = None
     consent: Consent = Field(default_factory=Consent)
-    fields: dict[FieldName, FieldValue] = Field(default_factory=dict, max_length=MAX_FIELDS)
-    ip: IPvAnyAddress | None = None
+    fields: dict[FieldName, FieldValue] = Field(
+        default_factory=dict, max_length=MAX_FIELDS, json_schema_extra=_field_names_schema
+    )
+    ip: IPAddress | None = None
     idempotency_key: (
         Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[\w.:-]+$")]
         | None

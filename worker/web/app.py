@@ -31,6 +31,10 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router)
     app.add_middleware(webhooks.FastPath)  # webhook POSTs skip the routing (hot path)
     app.add_middleware(Listeners)
+    document = app.openapi
+    app.openapi = lambda: webhooks.describe_audience(  # type: ignore[method-assign]
+        signups.describe_forms(document())
+    )
     return app
 
 

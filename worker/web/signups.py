@@ -64,6 +64,16 @@ def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
     return dict(walk(schema))
 
 
+def describe_forms(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Name the forms this deployment knows in the signup body's `form` (its forms file is
+    read at start, so the document says exactly which names are accepted)."""
+    from worker.forms import get_forms
+
+    body = openapi["paths"]["/v1/signups"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"]["properties"]["form"]["enum"] = sorted(get_forms())
+    return openapi
+
+
 def _refuse(status: int, reason: str, detail: Any) -> JSONResponse:
     metrics.incr("intake_rejected_total", reason=reason)
     log.info("intake refused: %s", reason)

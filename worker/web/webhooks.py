@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from config import get_settings
 from worker import metrics
 from worker.optouts import inbox
-from worker.optouts.events import FIRED_AT_PATTERN, KNOWN_TYPES, BadEvent, ParsedEvent
+from worker.optouts.events import KNOWN_TYPES, UNSUB_ACTIONS, BadEvent, ParsedEvent
 from worker.optouts.form import FormError
 from worker.web.group_commit import GroupCommit
 
@@ -141,30 +141,87 @@ async def _refuse(status: int, reason: str, detail: str) -> Answer:
 
 
 #: The POST body as OpenAPI sees it: flat form fields whose names carry Mailchimp's literal
-#: brackets. It documents the common fields; the receiver checks each event's own shape.
+#: brackets, one shape per event type (docs/mailchimp.md), as `validate_event` checks them.
 _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
-WEBHOOK_FORM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "type": {"type": "string", "enum": sorted(KNOWN_TYPES)},
-        "fired_at": {
-            "type": "string",
-            "pattern": f"^{FIRED_AT_PATTERN}$",
-            "description": "YYYY-MM-DD HH:MM:SS, UTC",
-        },
-        "data[list_id]": {"type": "string", "maxLength": 64},
-        "data[id]": {"type": "string", "maxLength": 64},
-        "data[email]": _EMAIL,
-        "data[old_email]": _EMAIL,
-        "data[new_email]": _EMAIL,
-        "data[action]": {"type": "string", "enum": ["unsub", "delete"]},
-        "data[reason]": {"type": "string", "maxLength": 64},
-        "data[merges][EMAIL]": _EMAIL,
-        "data[merges][FNAME]": {"type": "string"},
+_SHORT = {"type": "string", "maxLength": 64, "pattern": "^[^\\x00]*$"}
+_TEXT = {"type": "string", "pattern": "^[^\\x00]*$"}
+#: A real date and time: the month's days (29 February left out), hours to 23.
+_DAY = (
+    "((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])"
+    "|(0[469]|11)-(0[1-9]|[12][0-9]|30)"
+    "|02-(0[1-9]|1[0-9]|2[0-8]))"
+)
+_FIRED_AT = f"^[1-9][0-9]{{3}}-{_DAY} ([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$"
+_COMMON: dict[str, Any] = {
+    "fired_at": {
+        "type": "string",
+        "pattern": _FIRED_AT,
+        "description": "YYYY-MM-DD HH:MM:SS, UTC; at most an hour ahead of the server's clock",
     },
-    "required": ["type", "fired_at", "data[list_id]"],
-    "additionalProperties": {"type": "string"},
+    "data[list_id]": {**_SHORT, "description": "the configured audience"},
+    "data[merges][FNAME]": _TEXT,
 }
+#: A field name the form parser takes as one flat value (worker/optouts/form.py): at most
+#: 200 characters and 6 levels, brackets well formed, no NUL; not "data" or "data[merges]"
+#: alone (each holds a group of fields), nor a group under a field that holds a value.
+_VALUED = "type|fired_at|data\\[(list_id|email|old_email|new_email|action|id|reason)\\]"
+_NAMES = {
+    "maxLength": 200,
+    "pattern": (
+        f"^(?!data(\\[merges\\])?$)(?!({_VALUED}|data\\[merges\\]\\[FNAME\\])\\[)"
+        "[^\\[\\]\\x00]+(\\[[^\\[\\]\\x00]+\\]){0,5}$"
+    ),
+}
+KNOWN = sorted(KNOWN_TYPES)
+
+
+def _event(kind: str | None, required: list[str], fields: dict[str, Any]) -> dict[str, Any]:
+    """One type's shape; kind None: a type listsync does not know, stored and ignored."""
+    # Stripped before it is compared: no surrounding whitespace.
+    other = {"type": "string", "pattern": "^\\S(.*\\S)?$", "maxLength": 32, "not": {"enum": KNOWN}}
+    return {
+        "type": "object",
+        "properties": {"type": other if kind is None else {"const": kind}, **_COMMON, **fields},
+        "required": ["type", "fired_at", "data[list_id]", *required],
+        # Mailchimp sends more fields (data[ip_opt], data[merges][LNAME], ...): kept as text.
+        "additionalProperties": _TEXT,
+        "propertyNames": _NAMES,
+        "maxProperties": 499,
+    }
+
+
+_MEMBER = {"data[email]": _EMAIL, "data[reason]": _SHORT}
+WEBHOOK_FORM_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        *(_event(kind, ["data[email]"], _MEMBER) for kind in ("subscribe", "profile", "cleaned")),
+        _event(
+            "unsubscribe",
+            ["data[email]"],
+            {**_MEMBER, "data[action]": {"type": "string", "enum": sorted(UNSUB_ACTIONS)}},
+        ),
+        _event(
+            "upemail",
+            ["data[old_email]", "data[new_email]"],
+            {"data[old_email]": _EMAIL, "data[new_email]": _EMAIL},
+        ),
+        _event("campaign", ["data[id]"], {"data[id]": _SHORT}),
+        _event(None, [], {}),
+        {"type": "object", "maxProperties": 0, "description": "Mailchimp's URL check"},
+    ]
+}
+
+
+def describe_audience(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Name the configured audience in each event's `data[list_id]`: events of another one
+    are refused (400)."""
+    list_id = get_settings().mailchimp_list_id
+    post = openapi["paths"][PREFIX + "{secret}"]["post"]
+    for shape in post["requestBody"]["content"][FORM_TYPE]["schema"]["oneOf"]:
+        if list_id and "properties" in shape:
+            shape["properties"]["data[list_id]"]["enum"] = [list_id]
+    return openapi
+
+
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"description": "unknown secret: the same answer as an unknown route"},
 }
@@ -196,7 +253,8 @@ async def check_url(secret: str) -> Response:
     },
     openapi_extra={
         "requestBody": {
-            "required": True,
+            # An empty POST is Mailchimp's URL check (200 {"status": "ok"}).
+            "required": False,
             "content": {FORM_TYPE: {"schema": WEBHOOK_FORM_SCHEMA}},
         }
     },
@@ -264,6 +322,10 @@ class FastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         secret = _posted_secret(scope)
         if secret is None:
+            if _other_method_on_webhook(scope):
+                # The router would answer 405 with only its GET route's method in `Allow`.
+                await _METHOD_NOT_ALLOWED(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         headers: dict[str, str] = {}
@@ -271,6 +333,21 @@ class FastPath:
             headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
         answer = await take(secret, headers, _chunks(receive))
         await answer.response()(scope, receive, send)
+
+
+#: A method the webhook path does not serve: 405, naming the two it does (GET for Mailchimp's
+#: URL check, POST for events; HEAD goes with GET), whatever the secret.
+_METHOD_NOT_ALLOWED = JSONResponse(
+    {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": "GET, POST"}
+)
+
+
+def _other_method_on_webhook(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "POST"):
+        return False
+    path: str = scope["path"]
+    secret = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
+    return bool(secret) and "/" not in secret
 
 
 def _posted_secret(scope: Scope) -> str | None:
