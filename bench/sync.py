@@ -23,9 +23,9 @@ comes to the cost of one Celery message per signup; `--floor-signups 0` skips it
 
 Mailchimp calls, 429s and limit rejections come from the emulator's counters, reset before
 each phase; peak RSS is each process's VmHWM from /proc. `--worker` may be repeated (one
-Celery worker each; default one worker `signups,sync:prefork:2`, i.e. production's default
-concurrency). `--profile S` runs `py-spy record` for S seconds on every worker process during
-the drain and prints where the time goes.
+Celery worker each; default production's layout: `signups:prefork:2` beside
+`sync,optouts,maintenance:prefork:2`). `--profile S` runs `py-spy record` for S seconds on
+every worker process during the drain and prints where the time goes.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from bench._common import (  # noqa: E402
 )
 from bench._common import children as bench_children  # noqa: E402
 from bench.baseline_sync import BaselineResult, run_baseline  # noqa: E402
+from worker.cli.processes import LAYOUT  # noqa: E402
 from worker.supervise import Child, Children, descendants  # noqa: E402
 
 FORM = "newsletter_signup"  # implied consent: every signup becomes a sync job
@@ -74,7 +75,8 @@ FORM = "newsletter_signup"  # implied consent: every signup becomes a sync job
 #: this role names: every member carries them, as the Trust's do.
 FIELDS = {"first_name": "Bench", "role": "Parent"}
 SIGNUP_QUEUE = "signups"
-DEFAULT_WORKER = "signups,sync:prefork:2"
+#: Production's layout (worker.cli.processes.LAYOUT) at its default concurrency.
+DEFAULT_WORKERS = [f"{queues}:prefork:2" for queues in LAYOUT.values()]
 TARGETS = {
     "floor_ratio": 0.6,
     "ratio": 10.0,
@@ -655,7 +657,7 @@ def run(args: argparse.Namespace) -> Report:
     from worker.cli.processes import emulator_audience
     from worker.emulator.process import EmulatorProcess
 
-    specs: list[WorkerSpec] = args.worker or [WorkerSpec.parse(DEFAULT_WORKER)]
+    specs: list[WorkerSpec] = args.worker or [WorkerSpec.parse(w) for w in DEFAULT_WORKERS]
     report = Report(
         command=" ".join([".venv/bin/python", "bench/sync.py", *sys.argv[1:]]),
         workers=[str(s) for s in specs],
@@ -924,7 +926,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=WorkerSpec.parse,
         action="append",
         metavar="QUEUES:POOL:CONCURRENCY[:PREFETCH]",
-        help=f"one Celery worker; repeat for several (default {DEFAULT_WORKER})",
+        help=f"one Celery worker; repeat for several (default {' '.join(DEFAULT_WORKERS)})",
     )
     parser.add_argument("--mailchimp-concurrency", type=int, default=4, choices=range(1, 11))
     parser.add_argument("--baseline-pool", choices=["threads", "prefork"], default="threads")
