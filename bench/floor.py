@@ -20,8 +20,7 @@ from celery import Celery
 from celery_batches import SimpleRequest
 
 from tasks.batching import SettlingBatches
-from tasks.signups import RECEIVE_BATCH, RECEIVE_WAIT
-from worker.publish import RECEIVE_TASK
+from worker.publish import RECEIVE_BATCH, RECEIVE_TASK, RECEIVE_WAIT
 
 #: The Redis key the floor task counts taken messages under (the bench's own Redis DB).
 COUNTER = "bench:floor:taken"
@@ -40,8 +39,11 @@ def _redis() -> redis.Redis:
     return _client
 
 
+# Not shared with other apps (Celery's default), and tasks/signups.py never imported here:
+# listsync's own task of this name must not take the floor's place in this worker.
 @app.task(
     name=RECEIVE_TASK,
+    shared=False,
     base=SettlingBatches,
     flush_every=RECEIVE_BATCH,
     flush_interval=RECEIVE_WAIT,

@@ -13,11 +13,8 @@ from celery_batches import SimpleRequest
 
 from tasks.batching import SettlingBatches
 from worker.app import app
-from worker.publish import RECEIVE_TASK
+from worker.publish import RECEIVE_BATCH, RECEIVE_TASK, RECEIVE_WAIT
 from worker.signups import queue
-
-RECEIVE_BATCH = 200
-RECEIVE_WAIT = 0.05
 
 
 @app.task(

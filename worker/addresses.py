@@ -78,10 +78,16 @@ def member_hash(address: str) -> str:
     """The key of an address from elsewhere (a webhook, Mailchimp's listing, an old message):
     that of its normalized form, so every spelling of one address finds one person; an
     address listsync would refuse is keyed as it is."""
+    address = address.strip()
+    if address.isascii():
+        # Normalizing an ASCII address changes at most the case of its domain, which the key
+        # ignores, and one it refuses is keyed as it is: the same key, without the validator
+        # (the apply of every webhook event comes here).
+        return email_hash(address)
     try:
-        return email_hash(normalize_email(address.strip()))
+        return email_hash(normalize_email(address))
     except InvalidAddress:
-        return email_hash(address.strip())
+        return email_hash(address)
 
 
 def unicode_hash(email: str) -> str | None:

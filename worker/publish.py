@@ -22,6 +22,10 @@ from worker.signups.message import build_message, masked_repr, validate
 log = logging.getLogger(__name__)
 
 RECEIVE_TASK = "listsync.signups.receive"
+#: Intake stores queued signups in batches (tasks/signups.py): up to this many messages, or
+#: what arrived within this many seconds, per store.
+RECEIVE_BATCH = 200
+RECEIVE_WAIT = 0.05
 FLUSH_TASK = "listsync.sync.flush"
 SYNC_SWEEP_TASK = "listsync.sync.sweep"
 APPLY_TASK = "listsync.optouts.apply"

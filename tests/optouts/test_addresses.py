@@ -107,3 +107,29 @@ def test_a_refused_address_is_named_by_a_fixed_code_and_never_quoted(
     with session_scope() as session:
         stored = session.scalars(select(RejectedSignup.reason)).all()
     assert [str(r) for r in stored] == [str(stored[0])] and "smith" not in str(stored)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "Ann.Smith@Example.ORG",
+        "  padded@trust.org ",
+        "o'brien+news@sub.example.co.uk",
+        "ann@xn--mnchen-3ya.de",
+        "ANN@XN--MNCHEN-3YA.DE",
+        "no-at-sign.example.org",  # refused: keyed as it is
+        "two@@example.org",
+        "ann@münchen.de",  # not ASCII: normalized to its IDNA form first
+        "Ann@MÜNCHEN.DE",
+    ],
+)
+def test_member_hash_is_the_key_of_the_normalized_address_or_of_the_address_as_it_is(
+    address: str,
+) -> None:
+    from worker.addresses import member_hash
+
+    try:
+        expected = email_hash(normalize_email(address.strip()))
+    except InvalidAddress:
+        expected = email_hash(address.strip())
+    assert member_hash(address) == expected

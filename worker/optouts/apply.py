@@ -467,7 +467,9 @@ def _apply_status(session: Session, change: Change, known: Prefetched | None) ->
         and contact.consent_at is not None
         and contact.consent_at > contact.status_changed_at
     )
-    if change.status in OPTED_OUT:
+    # Only a contact a re-confirmation request can have been sent for (unsubscribed with a
+    # newer consent, or pending) can have one to take back: no query for every other opt-out.
+    if change.status in OPTED_OUT and (reconfirming or contact.status == ContactStatus.PENDING):
         _take_back_reconfirmations(session, contact, change.fired_at, reconfirming)
     if change.status == ContactStatus.SUBSCRIBED:
         _update_merges(contact, change.merges)
