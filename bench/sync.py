@@ -290,6 +290,20 @@ class Bench:
             self.workers.append(self.children.start(name, spec.argv(i, app), self.env))
             self.running_specs.append(spec)
 
+    def first_taken(self, queued: int) -> tuple[float, CpuMeter]:
+        """Wait until the workers take the first of `queued` messages; the clock's start, and a
+        CPU meter started on every process then."""
+
+        def taken() -> bool:
+            self.check_workers()
+            return int(self.broker.llen(SIGNUP_QUEUE)) < queued
+
+        wait_for(taken, timeout=180, interval=0.01, what="the first message to be taken")
+        started = time.perf_counter()
+        cpu = CpuMeter()
+        cpu.read(self.processes(), start=True)
+        return started, cpu
+
     def workers_ready(self) -> bool:
         self.check_workers()
         return all(child.logged_since_start(" ready.") for child in self.workers)
@@ -342,15 +356,7 @@ def run_floor(bench: Bench, signups: int, timeout: float) -> FloorResult:
     bench.broker.delete(COUNTER)
     prequeue(signups, f"bench-floor-{int(time.time())}")
     bench.start_workers(specs, app="bench.floor")
-
-    def first_taken() -> bool:
-        bench.check_workers()
-        return int(bench.broker.llen(SIGNUP_QUEUE)) < signups
-
-    wait_for(first_taken, timeout=180, interval=0.01, what="the floor's first message")
-    started = time.perf_counter()
-    cpu = CpuMeter()
-    cpu.read(bench.processes(), start=True)
+    started, cpu = bench.first_taken(signups)
     taken = 0
     while taken < signups and time.perf_counter() - started < timeout:
         bench.check_workers()
@@ -380,15 +386,7 @@ def run_drain(bench: Bench, signups: int, timeout: float, profile_seconds: float
     before = bench.members()
     launched = time.perf_counter()
     bench.start_workers()
-
-    def first_taken() -> bool:
-        bench.check_workers()
-        return int(bench.broker.llen(SIGNUP_QUEUE)) < signups
-
-    wait_for(first_taken, timeout=180, interval=0.01, what="the first signup to be taken")
-    started = time.perf_counter()
-    cpu = CpuMeter()
-    cpu.read(bench.processes(), start=True)
+    started, cpu = bench.first_taken(signups)
     profilers = start_profilers(bench, profile_seconds) if profile_seconds > 0 else []
     members = stored = 0
     stored_at: float | None = None
