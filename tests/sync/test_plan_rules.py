@@ -161,3 +161,21 @@ def test_a_correction_never_creates_a_member_mailchimp_does_not_have(
     sync.flush()
     assert job(correction).state != JobState.PENDING
     assert audience.status(email) is None
+
+
+def test_a_job_of_an_erased_address_whose_contact_is_gone_is_settled_as_erased(
+    audience: Audience, db: str
+) -> None:
+    """Kills: `and` for the `or` between the job's address and its contact's in the plan's
+    erased test: the job would be recorded as `contact_gone`, not as the erasure it is."""
+    email = "erased.gone@trust.org"
+    erased = signup(email)
+    with session_scope() as session:
+        session.execute(delete(Contact).where(Contact.email_hash == email_hash(email)))
+        session.add(
+            Suppression(
+                email_hash=email_hash(email), reason=SuppressionReason.ERASED, created_at=utcnow()
+            )
+        )
+    assert sync.flush().calls == 0
+    assert (job(erased).state, job(erased).last_error) == (JobState.SUPPRESSED, "suppressed_hash")
