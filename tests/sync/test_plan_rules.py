@@ -1,0 +1,181 @@
+"""Rules of the sync plan (worker/signups/flush.py `plan`) that `make mutation` found no test
+for: each test names the mutants it kills (docs/reliability.md, "Mutation testing")."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import delete
+
+from tests.conftest import Audience
+from worker.addresses import email_hash
+from worker.db import session_scope
+from worker.models import (
+    Contact,
+    ContactStatus,
+    JobState,
+    Suppression,
+    SuppressionReason,
+    SyncJob,
+    utcnow,
+)
+from worker.rights import correct
+from worker.signups import flush as sync
+from worker.signups.message import build_message
+from worker.signups.store import receive
+
+
+def signup(email: str, submitted_at: datetime | None = None) -> int:
+    message = build_message(email, "newsletter_signup", submitted_at=submitted_at)
+    result = receive(message, channel="queue")
+    assert result.sync_job_id is not None
+    return result.sync_job_id
+
+
+def job(job_id: int) -> SyncJob:
+    with session_scope() as session:
+        found = session.get(SyncJob, job_id)
+        assert found is not None
+        return found
+
+
+def local_contact(email: str, status: str, changed_at: datetime) -> None:
+    with session_scope() as session:
+        session.add(
+            Contact(
+                email=email,
+                email_hash=email_hash(email),
+                status=status,
+                status_changed_at=changed_at,
+            )
+        )
+
+
+def resubscribe_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config import get_settings
+
+    monkeypatch.setenv("LISTSYNC_RESUBSCRIBE_WITH_CONFIRMATION", "true")
+    get_settings.cache_clear()
+
+
+def puts_and_batches(audience: Audience) -> tuple[int, int]:
+    counters = audience.emu.counters()["calls"]
+    puts = sum(v for k, d in counters.items() if k.startswith("PUT") for v in d.values())
+    batches = sum(counters.get("POST /lists/{list_id}", {}).values())
+    return puts, batches
+
+
+def first_job(audience: Audience, kind: str) -> tuple[int, JobState, str | None]:
+    """A job the plan settles or routes on its own, and how it must end."""
+    email = f"first.{kind}@trust.org"
+    if kind == "erased":
+        with session_scope() as session:
+            session.add(
+                Suppression(
+                    email_hash=email_hash(email),
+                    reason=SuppressionReason.ERASED,
+                    created_at=utcnow() - timedelta(days=1),
+                )
+            )
+        return signup(email), JobState.SUPPRESSED, "suppressed_hash"
+    if kind == "gone":
+        job_id = signup(email)
+        with session_scope() as session:
+            session.execute(delete(Contact).where(Contact.email_hash == email_hash(email)))
+        return job_id, JobState.SUPPRESSED, "contact_gone"
+    if kind == "opted_out":
+        local_contact(email, ContactStatus.UNSUBSCRIBED, utcnow() - timedelta(days=1))
+        return signup(email), JobState.SUPPRESSED, "opted_out:unsubscribed"
+    assert kind == "correction"
+    signup(email)
+    sync.flush()
+    with session_scope() as session:
+        return correct(session, email, {"FNAME": "Augusta"}).id, JobState.DONE, None
+
+
+@pytest.mark.parametrize("kind", ["erased", "gone", "opted_out", "correction"])
+def test_a_job_the_plan_settles_itself_never_holds_up_the_jobs_after_it(
+    audience: Audience, db: str, kind: str
+) -> None:
+    """Kills: `break` for the plan's `continue` after a job it settles without a call (an
+    erased address, a contact gone, an opt-out) or routes apart (a correction): the jobs
+    after it in the same flush would be left in flight, unsent. Also `contact is None` for
+    `contact is not None` in the erased test (a job whose contact is gone would raise)."""
+    first, state, error = first_job(audience, kind)
+    kept = [signup(f"kept{i}@trust.org") for i in range(3)]
+    sync.flush()
+    assert (job(first).state, job(first).last_error) == (state, error)
+    assert [job(j).state for j in kept] == [JobState.DONE] * 3
+    assert all(audience.status(f"kept{i}@trust.org") == "subscribed" for i in range(3))
+
+
+def test_an_archived_contact_signing_up_again_gets_a_put_never_a_batch(
+    audience: Audience, db: str
+) -> None:
+    """Kills: `status <= NEW` for `status == NEW` as the plan's test of a contact never
+    synced ("archived" sorts before "new"): an archived member would go into a batch, which
+    is only for members Mailchimp does not have."""
+    email = "archived@trust.org"
+    audience.emu.seed_member(email, "archived", list_id=audience.list_id)
+    local_contact(email, ContactStatus.ARCHIVED, utcnow() - timedelta(days=1))
+    again = signup(email)
+    audience.emu.reset_counters()
+    sync.flush()
+    assert puts_and_batches(audience) == (1, 0)
+    assert job(again).state == JobState.DONE
+
+
+def test_a_consent_dated_the_same_instant_as_the_opt_out_does_not_re_confirm(
+    audience: Audience, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kills: `consent_at >= status_changed_at` for `>`: only a consent newer than the
+    opt-out may ask for re-confirmation, and one that ties with it is not newer."""
+    resubscribe_on(monkeypatch)
+    email = "tied.consent@trust.org"
+    at = (utcnow() - timedelta(days=1)).replace(microsecond=0)
+    audience.emu.seed_member(email, "unsubscribed", list_id=audience.list_id)
+    local_contact(email, ContactStatus.UNSUBSCRIBED, at)
+    tied = signup(email, submitted_at=at)
+    with session_scope() as session:
+        contact = session.get(Contact, job(tied).contact_id)
+        assert contact is not None and contact.consent_at == contact.status_changed_at == at
+    assert sync.flush().calls == 0
+    assert (job(tied).state, job(tied).last_error) == (
+        JobState.SUPPRESSED,
+        "opted_out:unsubscribed",
+    )
+    assert audience.status(email) == "unsubscribed"
+    assert audience.emu.audience(audience.list_id)["confirmations_sent"] == 0
+
+
+def test_a_correction_never_creates_a_member_mailchimp_does_not_have(
+    audience: Audience, db: str
+) -> None:
+    """Kills: `job.kind is JobKind.UPDATE` for `==` (kinds are stored as plain strings, so it
+    never holds): a correction would take the upsert path, whose PUT creates the member."""
+    email = "not.in.mailchimp@trust.org"
+    local_contact(email, ContactStatus.SUBSCRIBED, utcnow() - timedelta(days=1))
+    with session_scope() as session:
+        correction = correct(session, email, {"FNAME": "Augusta"}).id
+    sync.flush()
+    assert job(correction).state != JobState.PENDING
+    assert audience.status(email) is None
+
+
+def test_a_job_of_an_erased_address_whose_contact_is_gone_is_settled_as_erased(
+    audience: Audience, db: str
+) -> None:
+    """Kills: `and` for the `or` between the job's address and its contact's in the plan's
+    erased test: the job would be recorded as `contact_gone`, not as the erasure it is."""
+    email = "erased.gone@trust.org"
+    erased = signup(email)
+    with session_scope() as session:
+        session.execute(delete(Contact).where(Contact.email_hash == email_hash(email)))
+        session.add(
+            Suppression(
+                email_hash=email_hash(email), reason=SuppressionReason.ERASED, created_at=utcnow()
+            )
+        )
+    assert sync.flush().calls == 0
+    assert (job(erased).state, job(erased).last_error) == (JobState.SUPPRESSED, "suppressed_hash")
