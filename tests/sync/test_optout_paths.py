@@ -13,27 +13,13 @@ from sqlalchemy import select
 
 from tests.conftest import Audience
 from tests.helpers import wait_for
+from tests.sync.test_flush import job, signup
 from worker.addresses import email_hash
 from worker.db import session_scope
 from worker.models import Contact, ContactStatus, JobState, SyncJob, utcnow
 from worker.signups import flush as sync
-from worker.signups.message import build_message
-from worker.signups.store import receive
 
 PARENT = {"role": "Parent"}
-
-
-def signup(email: str, form: str = "newsletter_signup", **options: object) -> int:
-    result = receive(build_message(email, form, **options), channel="queue")  # type: ignore[arg-type]
-    assert result.sync_job_id is not None
-    return result.sync_job_id
-
-
-def job(job_id: int) -> SyncJob:
-    with session_scope() as session:
-        found = session.get(SyncJob, job_id)
-        assert found is not None
-        return found
 
 
 def opted_out_contact(email: str, status: str, changed_days_ago: float) -> None:

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import delete
 
 from tests.conftest import Audience
+from tests.sync.test_flush import job, signup
 from worker.addresses import email_hash
 from worker.db import session_scope
 from worker.models import (
@@ -17,27 +18,10 @@ from worker.models import (
     JobState,
     Suppression,
     SuppressionReason,
-    SyncJob,
     utcnow,
 )
 from worker.rights import correct
 from worker.signups import flush as sync
-from worker.signups.message import build_message
-from worker.signups.store import receive
-
-
-def signup(email: str, submitted_at: datetime | None = None) -> int:
-    message = build_message(email, "newsletter_signup", submitted_at=submitted_at)
-    result = receive(message, channel="queue")
-    assert result.sync_job_id is not None
-    return result.sync_job_id
-
-
-def job(job_id: int) -> SyncJob:
-    with session_scope() as session:
-        found = session.get(SyncJob, job_id)
-        assert found is not None
-        return found
 
 
 def local_contact(email: str, status: str, changed_at: datetime) -> None:
