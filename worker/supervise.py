@@ -150,6 +150,13 @@ class Children:
                 return child.name, code
         return None
 
+    def wait_first_exited(self, poll: float = 0.5) -> tuple[str, int]:
+        """Block until a child ends; its name and exit status. Signal handlers run between
+        polls, so a stop request interrupts the wait."""
+        while (exited := self.first_exited()) is None:
+            time.sleep(poll)
+        return exited
+
     def stop_all(self, timeout: float = 15.0) -> None:
         """SIGTERM to every child, then up to `timeout` seconds in all before SIGKILL."""
         for child in reversed(self.started):

@@ -201,23 +201,20 @@ def _supervise(argvs: dict[str, list[str]]) -> int:
     """Run each command until one ends or we are told to stop, then stop them all (a warm
     shutdown: SIGTERM, then SIGKILL after the grace period). Returns the status to exit with:
     the ended child's, so a supervisor above (compose, systemd) restarts the whole layout."""
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     # One process group with ours: a kill of the group (a crash, `docker kill`) takes them all.
     children = Children()
     status = 0
-    try:
-        for name, argv in argvs.items():
-            children.start(name, argv, None)
-        while (exited := children.first_exited()) is None:
-            time.sleep(0.5)
-        click.echo(f"{exited[0]} exited with status {exited[1]}; stopping the rest", err=True)
-        status = exited[1] or 1
-    except (KeyboardInterrupt, _Stop):
-        pass
-    finally:
-        children.stop_all(timeout=30)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with _stop_on_signals():
+        try:
+            for name, argv in argvs.items():
+                children.start(name, argv, None)
+            name, code = children.wait_first_exited()
+            click.echo(f"{name} exited with status {code}; stopping the rest", err=True)
+            status = code or 1
+        except (KeyboardInterrupt, _Stop):
+            pass
+        finally:
+            children.stop_all(timeout=30)
     return status
 
 
@@ -248,6 +245,18 @@ class _Stop(Exception):
 
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise _Stop inside the block (as Ctrl-C raises KeyboardInterrupt),
+    so a supervisor's `finally` stops its children; the previous handlers come back after."""
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
@@ -299,11 +308,10 @@ def run(port: int | None) -> None:
     settings = settings_or_exit()
     private_dir(settings.var_dir, narrow=True)
     check_services(settings, broker=settings.broker_url is not None)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     children = Children()
     env_file = settings.var_dir / "run.env"
     web_port = port or settings.web_port
-    with contextlib.ExitStack() as stack:
+    with _stop_on_signals(), contextlib.ExitStack() as stack:
         try:
             env, emulated = _embedded_defaults(settings, stack)
             _run_migrations(env)
@@ -324,16 +332,13 @@ def run(port: int | None) -> None:
                 f"(Ctrl-C stops everything). In another shell: set -a; . {env_file}; set +a",
                 fg="green",
             )
-            while (exited := children.first_exited()) is None:
-                time.sleep(0.5)
-            raise ListsyncError(f"{exited[0]} exited with status {exited[1]}; stopping the rest")
+            name, code = children.wait_first_exited()
+            raise ListsyncError(f"{name} exited with status {code}; stopping the rest")
         except (KeyboardInterrupt, _Stop):
             click.echo("stopping…")
         finally:
             children.stop_all()
             env_file.unlink(missing_ok=True)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     click.echo("stopped")
 
 
