@@ -52,25 +52,14 @@ test-amqp: $(STAMP)
 	LISTSYNC_TEST_BROKER=amqp $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS) $(AMQP_TESTS)
 
 # Mutation testing of the rules that keep the promises (docs/reliability.md, "Mutation
-# testing"): for each scope, cosmic-ray mutates the functions named in mutation/SCOPE.toml
-# in this tree's files on disk, one mutant at a time, and runs the tests that drive them
-# (PYTHONPATH: these files, not an installed copy, and the same for the workers the tests
-# start). Fails when a survivor is not explained in the scope's config. Not part of make test.
-MUTATION_SCOPES ?= plan purge
+# testing"): for each scope mutation/SCOPE.toml (all of them unless MUTATION_SCOPES names
+# some), every mutant of its functions against the tests that drive them, on one copy of this
+# tree per core. Fails when a survivor is not explained in the scope's config. Not part of
+# make test.
+MUTATION_SCOPES ?=
 
 mutation: $(STAMP)
-	@mkdir -p var/mutation
-	@set -e; export PYTHONPATH=$(CURDIR); for scope in $(MUTATION_SCOPES); do \
-		cfg=mutation/$$scope.toml; db=var/mutation/$$scope.sqlite; \
-		$(BIN)/cosmic-ray init $$cfg $$db --force; \
-		$(BIN)/python mutation/scope.py $$db --config $$cfg; \
-		$(BIN)/cosmic-ray baseline $$cfg; \
-		start=$$(date +%s); $(BIN)/cosmic-ray exec $$cfg $$db; \
-		echo "$$scope: $$(( $$(date +%s) - start )) s"; \
-	done; status=0; for scope in $(MUTATION_SCOPES); do \
-		$(BIN)/python mutation/report.py var/mutation/$$scope.sqlite \
-			--config mutation/$$scope.toml || status=1; \
-	done; exit $$status
+	$(BIN)/python mutation/run.py $(MUTATION_SCOPES)
 
 clean:
 	rm -rf $(VENV) var

@@ -140,14 +140,33 @@ def test_finished_sync_jobs_go_after_their_retention_failed_ones_later(rows: Row
     assert rows.exists(SyncJob, pending)
 
 
+def test_a_failed_job_retention_shorter_than_the_finished_one_takes_only_failed_jobs(
+    rows: Rows, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _switch_schedule(
+        tmp_path, monkeypatch, keep={"finished_sync_jobs": "200d", "failed_sync_jobs": "10d"}
+    )
+    done = rows.job(EMAIL, state=JobState.DONE)
+    suppressed = rows.job(EMAIL, state=JobState.SUPPRESSED)
+    failed = rows.job(EMAIL, state=JobState.FAILED)
+    assert purge_at(T0 + 10 * DAY + seconds(1)).counts["sync_jobs"] == 1
+    assert not rows.exists(SyncJob, failed)
+    assert rows.exists(SyncJob, done) and rows.exists(SyncJob, suppressed)
+
+
 def test_opted_out_contact_without_submissions_is_reduced_to_a_suppression_hash(
     rows: Rows,
 ) -> None:
     from worker.addresses import email_hash
 
-    gone = rows.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
+    # Created first (the lower id): another contact's submission must not keep this one.
     with_sub = rows.contact("bob@example.com", status=ContactStatus.CLEANED, changed_at=T0)
     rows.submission(with_sub, need_until=T0 + 3650 * DAY)
+    gone = rows.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
+    with rows.session() as s:  # others', sorting either side: none may stand in for this one
+        for other in ("0" * 32, "f" * 32):
+            s.add(Suppression(email_hash=other, reason="erased", created_at=T0))
+        s.commit()
     subscribed = rows.contact("cy@example.com", changed_at=T0)
     due = T0 + get_schedule().opted_out_contact_retention
 
@@ -166,6 +185,68 @@ def test_old_purge_audits_are_deleted_after_their_retention(rows: Rows) -> None:
     assert purge_at(due - seconds(1)).counts["purge_runs"] == 0
     assert purge_at(due + seconds(1)).counts["purge_runs"] == 1
     assert rows.count(PurgeRun, PurgeRun.started_at == T0) == 0
+
+
+# --- cutoffs, to the microsecond ------------------------------------------------------------
+
+
+def _cutoff_rejected(rows: Rows) -> None:
+    with rows.session() as s:
+        s.add(RejectedSignup(received_at=T0, channel="http", form="survey", reason="email: x"))
+        s.commit()
+
+
+#: kind -> (a row of that kind dated T0, the retention after which it is due). Each rule
+#: says "due once its age reaches the retention": at the cutoff instant itself it goes.
+CUTOFFS: dict[str, tuple[Callable[[Rows], object], Callable[[], timedelta]]] = {
+    "submissions": (lambda r: r.submission(r.contact(), need_until=T0), lambda: timedelta(0)),
+    "ips": (
+        lambda r: r.submission(r.contact(), need_until=T0 + 3650 * DAY, ip="192.0.2.9"),
+        lambda: get_schedule().ip_retention,
+    ),
+    "webhook_payloads": (
+        lambda r: r.event(EMAIL, T0),
+        lambda: get_schedule().webhook_payload_retention,
+    ),
+    "webhook_events": (
+        lambda r: r.event(EMAIL, T0),
+        lambda: get_schedule().webhook_event_retention,
+    ),
+    "sync_jobs": (
+        lambda r: r.job(EMAIL, state=JobState.DONE),
+        lambda: get_schedule().finished_job_retention,
+    ),
+    "failed_sync_jobs": (
+        lambda r: r.job(EMAIL, state=JobState.FAILED),
+        lambda: get_schedule().failed_job_retention,
+    ),
+    "contacts": (
+        lambda r: r.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0),
+        lambda: get_schedule().opted_out_contact_retention,
+    ),
+    "purge_runs": (lambda r: purge_at(T0), lambda: get_schedule().purge_run_retention),
+    "parked_signups": (
+        lambda r: _held_parked(r, EMAIL),
+        lambda: get_schedule().parked_signup_retention,
+    ),
+    "rejected_signups": (_cutoff_rejected, lambda: get_schedule().rejected_signup_retention),
+}
+
+
+def test_every_kind_of_row_has_a_cutoff_test() -> None:
+    assert set(CUTOFFS) - {"failed_sync_jobs"} == set(retention.KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(CUTOFFS))
+def test_a_row_is_kept_to_the_microsecond_before_its_cutoff_and_goes_at_it(
+    rows: Rows, kind: str
+) -> None:
+    make, retention_of = CUTOFFS[kind]
+    make(rows)
+    cutoff = T0 + retention_of()
+    counted = kind.removeprefix("failed_")
+    assert purge_at(cutoff - timedelta(microseconds=1)).counts[counted] == 0
+    assert purge_at(cutoff).counts[counted] == 1
 
 
 # --- time: daylight saving and leap days do not move a cutoff -----------------------------
@@ -230,6 +311,24 @@ def test_released_or_ended_hold_makes_rows_due_again(rows: Rows) -> None:
     assert rows.exists(Submission, ended)
     assert purge_at(T0 + 10 * DAY + seconds(1)).counts["submissions"] == 1
     assert rows.count(Submission) == 0
+
+
+def test_a_hold_with_an_end_keeps_rows_until_that_instant_and_not_at_it(rows: Rows) -> None:
+    ends = T0 + 10 * DAY
+    sub = rows.submission(rows.contact(), need_until=T0)
+    rows.hold(submission_id=sub, until=ends)
+    assert purge_at(ends - timedelta(microseconds=1)).counts["submissions"] == 0
+    assert purge_at(ends).counts["submissions"] == 1
+
+
+def test_a_hold_on_a_later_contact_keeps_only_that_contact_s_submissions(rows: Rows) -> None:
+    # Created first, so its id is the lower one: a hold must match the contact exactly.
+    free = rows.submission(rows.contact("free@example.com"), need_until=T0, ip="192.0.2.10")
+    held = rows.submission(rows.contact("held@example.com"), need_until=T0, ip="192.0.2.11")
+    rows.hold(email="held@example.com")
+    purge_at(T0 + DAY)
+    assert rows.exists(Submission, held) and rows.exists(SubmissionIP, held)
+    assert not rows.exists(Submission, free) and not rows.exists(SubmissionIP, free)
 
 
 def _held_job(rows: Rows, email: str) -> Callable[[], bool]:
@@ -320,15 +419,17 @@ def test_a_hold_on_the_address_keeps_each_kind_of_row_until_released(rows: Rows,
     assert not held(), f"{kind}: kept after its hold was released"
 
 
+@pytest.mark.parametrize("held_first", [True, False], ids=["held_first", "held_last"])
 @pytest.mark.parametrize("kind", ["submissions", "ips"])
-def test_a_hold_on_one_submission_keeps_it_and_its_ip(rows: Rows, kind: str) -> None:
+def test_a_hold_on_one_submission_keeps_it_and_its_ip(
+    rows: Rows, kind: str, held_first: bool
+) -> None:
+    """In both orders of creation: a hold matches its submission's id, not a range of ids."""
     contact = rows.contact(EMAIL)
-    if kind == "submissions":
-        held_id = rows.submission(contact, need_until=T0, ip="192.0.2.4")
-        free_id = rows.submission(contact, need_until=T0, ip="192.0.2.5")
-    else:
-        held_id = rows.submission(contact, need_until=T0 + 3650 * DAY, ip="192.0.2.4")
-        free_id = rows.submission(contact, need_until=T0 + 3650 * DAY, ip="192.0.2.5")
+    need_until = T0 if kind == "submissions" else T0 + 3650 * DAY
+    first = rows.submission(contact, need_until=need_until, ip="192.0.2.4")
+    second = rows.submission(contact, need_until=need_until, ip="192.0.2.5")
+    held_id, free_id = (first, second) if held_first else (second, first)
     rows.hold(submission_id=held_id)
     purge_at(T0 + 200 * DAY)
     assert rows.exists(SubmissionIP, held_id) and not rows.exists(SubmissionIP, free_id)
@@ -567,12 +668,19 @@ def test_chunk_commits_do_not_wait_for_the_disk_and_the_closing_commit_does(rows
 # --- the schedule is not retroactive (P8) ----------------------------------------------------
 
 
-def _switch_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, survey: str) -> None:
+def _switch_schedule(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    survey: str = "365d",
+    keep: dict[str, str] | None = None,
+) -> None:
     from config import get_settings
 
     shorter = tmp_path / "retention.toml"
+    kept = "".join(f'{kind} = "{period}"\n' for kind, period in (keep or {}).items())
     shorter.write_text(
-        f'policy_version = "2027-01"\n[forms]\ndefault = "90d"\nsurvey = "{survey}"\n',
+        f'policy_version = "2027-01"\n[forms]\ndefault = "90d"\nsurvey = "{survey}"\n'
+        f"[keep]\n{kept}",
         encoding="utf-8",
     )
     monkeypatch.setenv("LISTSYNC_RETENTION_FILE", str(shorter))

@@ -6,21 +6,27 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from tests.conftest import Audience
+from tests.feeds.test_feeds import sign_up, tags
 from tests.sync.test_flush import job, signup
 from worker.addresses import email_hash
 from worker.db import session_scope
+from worker.feeds.check import run_check
+from worker.mailchimp import get_gateway
 from worker.models import (
     Contact,
     ContactStatus,
+    JobKind,
     JobState,
+    Submission,
     Suppression,
     SuppressionReason,
+    SyncJob,
     utcnow,
 )
-from worker.rights import correct
+from worker.rights import correct, erase
 from worker.signups import flush as sync
 
 
@@ -71,6 +77,33 @@ def first_job(audience: Audience, kind: str) -> tuple[int, JobState, str | None]
     if kind == "opted_out":
         local_contact(email, ContactStatus.UNSUBSCRIBED, utcnow() - timedelta(days=1))
         return signup(email), JobState.SUPPRESSED, "opted_out:unsubscribed"
+    if kind == "erase":
+        signup(email)
+        sync.flush()
+        with session_scope() as session:
+            return erase(session, email, "test").sync_job_id, JobState.DONE, None
+    if kind == "optout":
+        # The restore an opt-out that overtook a re-confirmation request leaves behind
+        # (worker/optouts/apply.py): the member is pending again at Mailchimp.
+        audience.emu.seed_member(email, "pending", list_id=audience.list_id)
+        local_contact(email, ContactStatus.UNSUBSCRIBED, utcnow() - timedelta(minutes=1))
+        with session_scope() as session:
+            contact = session.query(Contact).filter_by(email_hash=email_hash(email)).one()
+            restore = SyncJob(
+                kind=JobKind.OPTOUT,
+                contact_id=contact.id,
+                email_hash=contact.email_hash,
+                next_attempt_at=utcnow() - timedelta(seconds=1),
+            )
+            session.add(restore)
+            session.flush()
+            return restore.id, JobState.DONE, None
+    if kind == "unresolved":
+        # A group renamed in Mailchimp since the website's form named it: the signup waits.
+        parent = audience.emu.interest_id("Parent", category="I am a", list_id=audience.list_id)
+        audience.emu.rename_interest(parent, "Parent or carer", list_id=audience.list_id)
+        assert run_check(get_gateway()).ok
+        return sign_up(email, role="Parent"), JobState.PENDING, "check:unknown_group"
     assert kind == "correction"
     signup(email)
     sync.flush()
@@ -78,18 +111,28 @@ def first_job(audience: Audience, kind: str) -> tuple[int, JobState, str | None]
         return correct(session, email, {"FNAME": "Augusta"}).id, JobState.DONE, None
 
 
-@pytest.mark.parametrize("kind", ["erased", "gone", "opted_out", "correction"])
+KINDS = ["erased", "gone", "opted_out", "correction", "erase", "optout", "unresolved"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_job_the_plan_settles_itself_never_holds_up_the_jobs_after_it(
     audience: Audience, db: str, kind: str
 ) -> None:
     """Kills: `break` for the plan's `continue` after a job it settles without a call (an
-    erased address, a contact gone, an opt-out) or routes apart (a correction): the jobs
-    after it in the same flush would be left in flight, unsent. Also `contact is None` for
-    `contact is not None` in the erased test (a job whose contact is gone would raise)."""
+    erased address, a contact gone, an opt-out), routes apart (a correction, an erasure, an
+    opt-out to restore) or holds back (a group Mailchimp no longer has): the jobs after it in
+    the same flush would be left in flight, unsent. Also `contact is None` for `contact is
+    not None` in the erased test (a job whose contact is gone would raise), and `kind is
+    OPTOUT` or `kind < OPTOUT` for `kind == OPTOUT` (the restore would take the upsert path,
+    which suppresses it for the opt-out it is there to restore)."""
     first, state, error = first_job(audience, kind)
     kept = [signup(f"kept{i}@trust.org") for i in range(3)]
     sync.flush()
     assert (job(first).state, job(first).last_error) == (state, error)
+    if kind in ("erase", "optout"):
+        assert audience.status(f"first.{kind}@trust.org") == (
+            "forgotten" if kind == "erase" else "unsubscribed"
+        )
     assert [job(j).state for j in kept] == [JobState.DONE] * 3
     assert all(audience.status(f"kept{i}@trust.org") == "subscribed" for i in range(3))
 
@@ -163,3 +206,19 @@ def test_a_job_of_an_erased_address_whose_contact_is_gone_is_settled_as_erased(
         )
     assert sync.flush().calls == 0
     assert (job(erased).state, job(erased).last_error) == (JobState.SUPPRESSED, "suppressed_hash")
+
+
+def test_a_job_without_a_submission_takes_no_form_s_tags(audience: Audience, db: str) -> None:
+    """Kills: `submitted.get(job.submission_id or 1, ...)` for `or 0`: a job whose
+    submission is gone (purged or erased: the column is set to NULL) would take the form of
+    submission 1 if that one is in the same flush, and its tags with it."""
+    first = signup("first.form@trust.org")
+    orphan = sign_up("orphan@trust.org", "contact_form", newsletter_opt_in=True)
+    with session_scope() as session:
+        assert session.get(SyncJob, first).submission_id == 1  # a fresh database
+        session.execute(update(SyncJob).where(SyncJob.id == orphan).values(submission_id=None))
+        assert session.get(Submission, 1) is not None
+    sync.flush()
+    assert job(orphan).state == job(first).state == JobState.DONE
+    assert "newsletter" in tags(audience, "first.form@trust.org")
+    assert tags(audience, "orphan@trust.org") == set()
