@@ -1,10 +1,12 @@
-"""Erasure removes exactly the person's rows, counts them exactly, and queues both deletes:
-people created before and after them (lower and higher ids) keep everything they have."""
+"""Erasure and correction touch exactly the person's rows: people created before and after
+them (lower and higher ids) keep everything they have. Erasure counts what it removed and
+queues both deletes."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import func, select, update
 
 from tests.retention.conftest import T0, Rows
@@ -20,7 +22,8 @@ from worker.models import (
     SyncJob,
     WebhookEvent,
 )
-from worker.rights import erase
+from worker.retention.holds import InvalidRequest
+from worker.rights import correct, erase
 
 DAY = timedelta(days=1)
 
@@ -138,3 +141,86 @@ def test_erase_of_an_address_with_no_contact_counts_no_submissions(rows: Rows) -
         report = erase(s, EMAIL, "request", now=T0)
         s.commit()
     assert (report.submissions, report.ips, report.parked, report.jobs_suppressed) == (0, 0, 1, 0)
+
+
+def test_a_correction_changes_only_this_person_s_contact_and_submissions(rows: Rows) -> None:
+    people = ("before@example.com", EMAIL, "after@example.com")
+    for email in people:
+        contact = rows.contact(email, FNAME="Someone")
+        rows.submission(contact, fields={"first_name": "Someone", "message": "hi"})
+    with rows.session() as s:
+        job = correct(s, EMAIL, {"FNAME": "Augusta"}, now=T0)
+        s.commit()
+    with rows.session() as s:
+        names = {
+            c.email: (c.merge_fields["FNAME"], [sub.fields["first_name"] for sub in subs])
+            for c in s.scalars(select(Contact))
+            for subs in [s.scalars(select(Submission).where(Submission.contact_id == c.id))]
+        }
+        queued = s.get(SyncJob, job.id)
+        assert queued is not None
+        assert (queued.kind, queued.email_hash, queued.next_attempt_at) == (
+            JobKind.UPDATE,
+            HASH,
+            T0,
+        )
+    assert names == {
+        "before@example.com": ("Someone", ["Someone"]),
+        EMAIL: ("Augusta", ["Augusta"]),
+        "after@example.com": ("Someone", ["Someone"]),
+    }
+
+
+def test_only_a_change_of_address_links_an_older_address_to_the_erased_one(rows: Rows) -> None:
+    """An event of another type that happens to carry `new_email` (a profile update, or an
+    unknown type stored as ignored) is no change of address: the payloads of the address it
+    came from are someone else's and stay."""
+    person = rows.contact(EMAIL)
+    rows.submission(person, need_until=T0)
+    stranger = "stranger@example.com"
+    with rows.session() as s:
+        for n, kind in enumerate(["profile", "campaign", "zz-unknown"]):
+            s.add(
+                WebhookEvent(
+                    dedupe_key=f"not-a-rename-{n}",
+                    type=kind,
+                    fired_at=T0,
+                    email_hash=email_hash(stranger),
+                    payload={"data": {"email": stranger, "new_email": EMAIL}},
+                    received_at=T0,
+                    state="applied",
+                )
+            )
+        # Changes of address that name no old or no new address link nothing either.
+        for n, (old_hash, data) in enumerate(
+            [(None, {"new_email": EMAIL}), (email_hash(stranger), {"old_email": stranger})]
+        ):
+            s.add(
+                WebhookEvent(
+                    dedupe_key=f"half-a-rename-{n}",
+                    type="upemail",
+                    fired_at=T0,
+                    email_hash=old_hash,
+                    payload={"data": data},
+                    received_at=T0,
+                    state="ignored",
+                )
+            )
+        s.commit()
+    with rows.session() as s:
+        assert erase(s, EMAIL, "request", now=T0).payloads_dropped == 0
+        s.commit()
+    with rows.session() as s:
+        kept = s.scalar(
+            select(func.count()).select_from(WebhookEvent).where(WebhookEvent.payload.is_not(None))
+        )
+    assert kept == 5
+
+
+def test_a_correction_of_a_field_that_cannot_be_corrected_names_it(rows: Rows) -> None:
+    rows.contact(EMAIL)
+    for changes in ({"NOPE": "x"}, {"NOPE": "x", "ALSO": "y"}, {"NOPE": "x", "FNAME": "Ada"}):
+        with rows.session() as s, pytest.raises(InvalidRequest, match=r"^unknown field 'NOPE'$"):
+            correct(s, EMAIL, changes)
+    with rows.session() as s, pytest.raises(InvalidRequest, match=r"^nothing to correct$"):
+        correct(s, EMAIL, {})
