@@ -147,13 +147,14 @@ def test_a_correction_changes_only_this_person_s_contact_and_submissions(rows: R
     people = ("before@example.com", EMAIL, "after@example.com")
     for email in people:
         contact = rows.contact(email, FNAME="Someone")
-        rows.submission(contact, fields={"first_name": "Someone", "message": "hi"})
+        fields = {"first_name": "Someone", "last_name": "Else", "message": "hi"}
+        rows.submission(contact, fields=fields)
     with rows.session() as s:
         job = correct(s, EMAIL, {"FNAME": "Augusta"}, now=T0)
         s.commit()
     with rows.session() as s:
         names = {
-            c.email: (c.merge_fields["FNAME"], [sub.fields["first_name"] for sub in subs])
+            c.email: (c.merge_fields["FNAME"], [sub.fields for sub in subs])
             for c in s.scalars(select(Contact))
             for subs in [s.scalars(select(Submission).where(Submission.contact_id == c.id))]
         }
@@ -164,10 +165,11 @@ def test_a_correction_changes_only_this_person_s_contact_and_submissions(rows: R
             HASH,
             T0,
         )
+    corrected = {"first_name": "Augusta", "last_name": "Else", "message": "hi"}
     assert names == {
-        "before@example.com": ("Someone", ["Someone"]),
-        EMAIL: ("Augusta", ["Augusta"]),
-        "after@example.com": ("Someone", ["Someone"]),
+        "before@example.com": ("Someone", [fields]),
+        EMAIL: ("Augusta", [corrected]),
+        "after@example.com": ("Someone", [fields]),
     }
 
 
