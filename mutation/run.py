@@ -13,7 +13,7 @@ var/mutation/slot-K) holds this tree's files as they are on disk, committed or n
 mutant too) and its own Redis database. The tests run SQLite only: the rules in scope are
 Python or SQL that both databases run alike, and PostgreSQL is shared by every process.
 
-Usage: python mutation/run.py [SCOPE ...] [--jobs N] [--resume]
+Usage: python mutation/run.py [SCOPE ...] [--jobs N] [--resume | --survivors]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import shlex
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -35,7 +36,7 @@ from pathlib import Path
 from cosmic_ray.commands import execute
 from cosmic_ray.config import ConfigDict, load_config
 from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import WorkerOutcome, WorkResult
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "mutation"
@@ -93,6 +94,11 @@ def slot_env(slot: Path, k: int) -> dict[str, str]:
     env["PYTHONPATH"] = str(slot)
     env["LISTSYNC_TEST_REDIS_URL"] = f"redis://127.0.0.1:6379/{FIRST_REDIS_DB - k}"
     env.pop("PYTEST_XDIST_WORKER", None)
+    # pytest prunes old temporary directories under one root per user: test runs side by side
+    # in one root may remove each other's, and a run failing on that would count as a kill.
+    temp = slot / "var" / "tmp"
+    temp.mkdir(parents=True, exist_ok=True)
+    env["PYTEST_DEBUG_TEMPROOT"] = str(temp)
     return env
 
 
@@ -168,6 +174,15 @@ def init(scope: str, config_path: Path, session: Path) -> None:
         print(f"{scope}: {len(db.pending_work_items)} mutants in scope")
 
 
+def forget_survivors(scope: str, session: Path) -> None:
+    """Mark the session's survivors not run, so the next run tries them again."""
+    with sqlite3.connect(session) as db:
+        forgotten = db.execute(
+            "DELETE FROM work_results WHERE test_outcome = ?", (TestOutcome.SURVIVED.name,)
+        ).rowcount
+    print(f"{scope}: {forgotten} survivors to run again")
+
+
 def baseline(scope: str, config: ConfigDict) -> None:
     """The scope's tests must pass unmutated, or every mutant would count as killed."""
     slot = VAR / "slot-0"
@@ -190,8 +205,14 @@ def main() -> int:
     # One copy more than cores: the tests spend much of their time waiting on the emulator,
     # Redis and the workers they start (the plan scope: 373 s on 2 copies, 200 s on 3).
     parser.add_argument("--jobs", type=int, default=(os.cpu_count() or 1) + 1)
-    parser.add_argument(
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument(
         "--resume", action="store_true", help="run only the mutants a session has not run yet"
+    )
+    again.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants that survived the session's last run (after new tests)",
     )
     args = parser.parse_args()
     unknown = [s for s in args.scopes if not (ROOT / "mutation" / f"{s}.toml").is_file()]
@@ -205,7 +226,9 @@ def main() -> int:
             config_path = ROOT / "mutation" / f"{scope}.toml"
             session = VAR / f"{scope}.sqlite"
             config = load_config(str(config_path))
-            if not (args.resume and session.exists()):
+            if args.survivors and session.exists():
+                forget_survivors(scope, session)
+            elif not (args.resume and session.exists()):
                 init(scope, config_path, session)
             baseline(scope, config)
             config["distributor"] = ConfigDict(

@@ -1,0 +1,77 @@
+"""Rules of intake validation (worker/signups/message.py `validate`) that `make mutation` found
+no test for (docs/reliability.md, "Mutation testing"): each refusal names its field and rule,
+and what is accepted is kept exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.feeds.schema import AudienceSchema, MergeField
+from worker.signups.message import MAX_CHOICES, Signup, SignupRejected, build_message, validate
+
+
+def accepted(form: str, schema: AudienceSchema | None = None, **fields: Any) -> Signup:
+    return validate(build_message("ada@example.com", form, fields=fields), schema=schema)
+
+
+def refusal(form: str, schema: AudienceSchema | None = None, **fields: Any) -> list[str]:
+    with pytest.raises(SignupRejected) as caught:
+        accepted(form, schema, **fields)
+    return [f"{p.field}: {p.reason}" for p in caught.value.problems]
+
+
+def test_a_field_may_hold_up_to_the_most_choices_and_only_texts() -> None:
+    most = [f"choice {n}" for n in range(MAX_CHOICES)]
+    assert accepted("contact_form", role=most).fields["role"] == most
+    too_many = [*most, "one more"]
+    only_texts = f"fields.role: Value error, a list may hold at most {MAX_CHOICES} texts"
+    assert refusal("contact_form", role=too_many) == [only_texts]
+    assert refusal("contact_form", role=["Parent", 7]) == [only_texts]
+
+
+def test_a_value_that_is_not_text_a_number_true_false_null_or_a_list_is_refused() -> None:
+    assert accepted("contact_form", subject=None).fields["subject"] is None
+    assert refusal("contact_form", subject={"nested": "object"}) == [
+        "fields.subject: Value error, must be text, a number, true/false, null or a list of texts"
+    ]
+
+
+def test_fields_the_form_does_not_have_are_dropped_and_counted() -> None:
+    signup = accepted("contact_form", first_name="Ada", subject="Hi", a="1", b="2", c="3")
+    assert signup.fields == {"first_name": "Ada", "subject": "Hi"}
+    assert signup.dropped_fields == 3
+
+
+@pytest.mark.parametrize("language", ["en", "pt_BR", "", None])
+def test_a_language_code_is_accepted(language: str | None) -> None:
+    assert accepted("newsletter_signup", lang=language).fields["lang"] == language
+
+
+@pytest.mark.parametrize("language", ["english", "EN", "pt-BR", 5, True])
+def test_anything_else_as_the_language_is_refused_naming_the_field(language: object) -> None:
+    assert refusal("newsletter_signup", lang=language) == ["fields.lang: is not a language code"]
+
+
+def schema(**types: str) -> AudienceSchema:
+    return AudienceSchema(
+        double_optin=False,
+        gdpr=False,
+        merge_fields={tag: MergeField(tag=tag, name=tag, type=kind) for tag, kind in types.items()},
+        categories={},
+        permissions=None,
+    )
+
+
+def test_every_value_its_merge_field_would_refuse_is_named() -> None:
+    """contact_form maps first_name to FNAME and last_name to LNAME."""
+    both = schema(FNAME="number", LNAME="zip")
+    assert refusal("contact_form", both, first_name="Ada", last_name="Lovelace") == [
+        "fields.first_name: must be a number (merge field FNAME)",
+        "fields.last_name: must be a 5-digit US zip code (merge field LNAME)",
+    ]
+    # Right for their types, empty, or for a merge field the audience lacks: accepted.
+    assert accepted("contact_form", both, first_name="12", last_name="90210")
+    assert accepted("contact_form", both, first_name="", last_name=None)
+    assert accepted("contact_form", schema(FNAME="number"), first_name="1", last_name="Lovelace")
