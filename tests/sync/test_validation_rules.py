@@ -75,3 +75,18 @@ def test_every_value_its_merge_field_would_refuse_is_named() -> None:
     assert accepted("contact_form", both, first_name="12", last_name="90210")
     assert accepted("contact_form", both, first_name="", last_name=None)
     assert accepted("contact_form", schema(FNAME="number"), first_name="1", last_name="Lovelace")
+
+
+def test_a_number_must_be_finite() -> None:
+    assert accepted("contact_form", subject=1.5).fields["subject"] == 1.5
+    for number in (float("inf"), float("-inf"), float("nan")):
+        assert refusal("contact_form", subject=number) == [
+            "fields.subject: Value error, numbers must be finite"
+        ]
+
+
+def test_a_signup_is_dated_only_when_the_message_carries_its_time() -> None:
+    message = build_message("ada@example.com", "contact_form")
+    assert validate(message).dated
+    del message["submitted_at"]
+    assert not validate(message).dated
