@@ -4,12 +4,21 @@ and what is accepted is kept exactly."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from worker.feeds.schema import AudienceSchema, MergeField
-from worker.signups.message import MAX_CHOICES, Signup, SignupRejected, build_message, validate
+from worker.signups.message import (
+    MAX_CHOICES,
+    MAX_CLOCK_SKEW,
+    MAX_FIELD_CHARS,
+    Signup,
+    SignupRejected,
+    build_message,
+    validate,
+)
 
 
 def accepted(form: str, schema: AudienceSchema | None = None, **fields: Any) -> Signup:
@@ -90,3 +99,37 @@ def test_a_signup_is_dated_only_when_the_message_carries_its_time() -> None:
     assert validate(message).dated
     del message["submitted_at"]
     assert not validate(message).dated
+
+
+def test_a_text_may_have_up_to_the_most_characters() -> None:
+    assert accepted("contact_form", message="x" * MAX_FIELD_CHARS).fields["message"]
+    assert refusal("contact_form", message="x" * (MAX_FIELD_CHARS + 1)) == [
+        f"fields.message: Value error, text may have at most {MAX_FIELD_CHARS} characters"
+    ]
+
+
+@pytest.mark.parametrize("ip", [3232235777, 1.5, True])
+def test_an_ip_address_must_be_text(ip: object) -> None:
+    message = build_message("ada@example.com", "contact_form")
+    message["ip"] = ip
+    with pytest.raises(SignupRejected) as caught:
+        validate(message)
+    assert [(p.field, p.reason) for p in caught.value.problems] == [
+        ("ip", "Value error, must be text")
+    ]
+
+
+def test_a_signup_may_be_dated_up_to_the_clock_skew_ahead_and_no_further() -> None:
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    ahead = build_message("ada@example.com", "contact_form", submitted_at=now + MAX_CLOCK_SKEW)
+    assert validate(ahead, now=now).submitted_at == now + MAX_CLOCK_SKEW
+    further = build_message(
+        "ada@example.com",
+        "contact_form",
+        submitted_at=now + MAX_CLOCK_SKEW + timedelta(microseconds=1),
+    )
+    with pytest.raises(SignupRejected) as caught:
+        validate(further, now=now)
+    assert [(p.field, p.reason) for p in caught.value.problems] == [
+        ("submitted_at", "is in the future")
+    ]
