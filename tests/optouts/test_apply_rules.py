@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.optouts.payloads import LIST_ID, unsubscribe
 from tests.optouts.test_apply import EMAIL, contact, deliver
@@ -133,6 +133,38 @@ def test_a_change_without_an_address_or_a_status_is_ignored() -> None:
         EventState.IGNORED, "no_email"
     )
     assert status_of()[0] == ContactStatus.SUBSCRIBED
+
+
+@pytest.mark.parametrize("status", [ContactStatus.ARCHIVED, ContactStatus.CLEANED])
+def test_only_an_erased_contact_ignores_every_change(status: str) -> None:
+    """Archived and cleaned sort before "erased": neither is treated as erased."""
+    local(status, T0, ChangeSource.WEBHOOK)
+    result = change(ContactStatus.SUBSCRIBED, T0 + timedelta(hours=1))
+    assert result == Result(EventState.APPLIED, "status:subscribed", changed_status=True)
+
+
+@pytest.mark.parametrize(
+    "status", [ContactStatus.SUBSCRIBED, ContactStatus.UNSUBSCRIBED, ContactStatus.CLEANED]
+)
+def test_only_a_subscribe_brings_its_merge_fields_along(status: str) -> None:
+    local(ContactStatus.PENDING, T0, ChangeSource.WEBHOOK)
+    with session_scope() as session:
+        session.execute(update(Contact).values(merge_fields={"FNAME": "Ada"}))
+    with session_scope() as session:
+        apply_change(
+            session,
+            Change(
+                kind="status",
+                source=ChangeSource.WEBHOOK,
+                fired_at=T0 + timedelta(hours=1),
+                email=EMAIL,
+                status=ContactStatus(status).value,
+                merges={"FNAME": "Augusta"},
+            ),
+        )
+    person = contact()
+    assert person is not None and person.status == status
+    assert person.merge_fields == {"FNAME": "Augusta" if status == "subscribed" else "Ada"}
 
 
 # --- the same status again ------------------------------------------------------------------

@@ -34,6 +34,7 @@ def refusal(form: str, schema: AudienceSchema | None = None, **fields: Any) -> l
 def test_a_field_may_hold_up_to_the_most_choices_and_only_texts() -> None:
     most = [f"choice {n}" for n in range(MAX_CHOICES)]
     assert accepted("contact_form", role=most).fields["role"] == most
+    assert accepted("contact_form", role=["Parent"]).fields["role"] == ["Parent"]
     too_many = [*most, "one more"]
     only_texts = f"fields.role: Value error, a list may hold at most {MAX_CHOICES} texts"
     assert refusal("contact_form", role=too_many) == [only_texts]
@@ -79,6 +80,13 @@ def test_every_value_its_merge_field_would_refuse_is_named() -> None:
     assert refusal("contact_form", both, first_name="Ada", last_name="Lovelace") == [
         "fields.first_name: must be a number (merge field FNAME)",
         "fields.last_name: must be a 5-digit US zip code (merge field LNAME)",
+    ]
+    # A field skipped (empty, or its merge field missing) does not end the checking.
+    assert refusal("contact_form", both, first_name="", last_name="Lovelace") == [
+        "fields.last_name: must be a 5-digit US zip code (merge field LNAME)"
+    ]
+    assert refusal("contact_form", schema(LNAME="zip"), first_name="x", last_name="y") == [
+        "fields.last_name: must be a 5-digit US zip code (merge field LNAME)"
     ]
     # Right for their types, empty, or for a merge field the audience lacks: accepted.
     assert accepted("contact_form", both, first_name="12", last_name="90210")
