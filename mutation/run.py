@@ -38,6 +38,8 @@ from cosmic_ray.config import ConfigDict, load_config
 from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
+from worker.cli.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "mutation"
 BIN = ROOT / ".venv" / "bin"
@@ -80,13 +82,6 @@ def copy_tree(slot: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     (slot / ".venv").symlink_to(ROOT / ".venv")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def slot_env(slot: Path, k: int) -> dict[str, str]:

@@ -159,7 +159,7 @@ def test_opted_out_contact_without_submissions_is_reduced_to_a_suppression_hash(
 ) -> None:
     from worker.addresses import email_hash
 
-    # Created first (the lower id): another contact's submission must not keep this one.
+    # Contacts with lower and higher ids have submissions: neither may keep this one.
     with_sub = rows.contact("bob@example.com", status=ContactStatus.CLEANED, changed_at=T0)
     rows.submission(with_sub, need_until=T0 + 3650 * DAY)
     gone = rows.contact(EMAIL, status=ContactStatus.UNSUBSCRIBED, changed_at=T0)
@@ -168,6 +168,7 @@ def test_opted_out_contact_without_submissions_is_reduced_to_a_suppression_hash(
             s.add(Suppression(email_hash=other, reason="erased", created_at=T0))
         s.commit()
     subscribed = rows.contact("cy@example.com", changed_at=T0)
+    rows.submission(subscribed, need_until=T0 + 3650 * DAY)
     due = T0 + get_schedule().opted_out_contact_retention
 
     assert purge_at(due - seconds(1)).counts["contacts"] == 0
