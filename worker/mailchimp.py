@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 INFLIGHT_KEY = "listsync:mailchimp:inflight"
-#: Names the lease set's lifetime in Redis (no expiry): gone or changed, Redis lost its data.
-EPOCH_KEY = "listsync:mailchimp:epoch"
-#: While set, no slot is granted: calls leased before Redis lost its data may still run.
-QUIET_KEY = "listsync:mailchimp:quiet"
 #: A slot outlives a call that timed out on our side by this much: Mailchimp may still be
 #: running it and holding one of the account's 10 connections.
 SLOT_GRACE_SECONDS = 10.0
@@ -228,39 +224,16 @@ def _batch_error_reason(error: dict[str, Any]) -> MailchimpError:
 
 # Drop expired leases, then take a slot if fewer than the cap are held. Uses the Redis
 # server's clock so that every host agrees on expiry.
-#
-# The leases live only in Redis. If Redis loses its data (a restart without persistence, a
-# flush) while calls hold leases, the set comes back empty and the cap would let as many
-# calls again start beside them. The epoch key tells: a caller that saw an epoch before
-# (ARGV[4]) and finds none, or another one, knows leases were lost, and no slot is granted
-# for one lease period (the quiet key), by when every call leased before has ended. A caller
-# that never saw an epoch (a process just started) finds none on a fresh Redis too, so it
-# starts one without the wait. Returns {granted, epoch}.
 _ACQUIRE = """
-local epoch = redis.call('GET', KEYS[2])
-local seen = ARGV[4]
-local quiet_ms = math.ceil(tonumber(ARGV[2]) * 1000)
-if not epoch then
-  epoch = ARGV[5]
-  redis.call('SET', KEYS[2], epoch)
-  if seen ~= '' then
-    redis.call('SET', KEYS[3], '1', 'PX', quiet_ms)
-  end
-elseif seen ~= '' and seen ~= epoch then
-  redis.call('SET', KEYS[3], '1', 'PX', quiet_ms, 'NX')
-end
-if redis.call('EXISTS', KEYS[3]) == 1 then
-  return {0, epoch}
-end
 local now = redis.call('TIME')
 local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], t + tonumber(ARGV[2]), ARGV[3])
   redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])) + 60)
-  return {1, epoch}
+  return 1
 end
-return {0, epoch}
+return 0
 """
 _COUNT = """
 local now = redis.call('TIME')
@@ -273,7 +246,6 @@ class CallSlots:
     """A semaphore in Redis: at most `limit` Mailchimp calls at once across all processes.
 
     Each slot is a lease that expires by itself, so a worker killed mid-call cannot leak one.
-    When Redis loses the leases, no slot is granted for one lease period (see _ACQUIRE).
     """
 
     def __init__(self, client: redis.Redis, limit: int, lease_seconds: float) -> None:
@@ -282,15 +254,6 @@ class CallSlots:
         self.lease_seconds = lease_seconds
         self._acquire = client.register_script(_ACQUIRE)
         self._count = client.register_script(_COUNT)
-        self._epoch = ""  # the lease set's epoch this process last saw; "" before its first
-
-    def _try(self, token: str) -> bool:
-        granted, epoch = self._acquire(
-            keys=[INFLIGHT_KEY, EPOCH_KEY, QUIET_KEY],
-            args=[self.limit, self.lease_seconds, token, self._epoch, uuid.uuid4().hex],
-        )
-        self._epoch = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        return bool(granted)
 
     @contextmanager
     def slot(self, wait_seconds: float = 60.0) -> Iterator[Callable[[], None]]:
@@ -298,7 +261,7 @@ class CallSlots:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + wait_seconds
         pause = 0.005
-        while not self._try(token):
+        while not self._acquire(keys=[INFLIGHT_KEY], args=[self.limit, self.lease_seconds, token]):
             if time.monotonic() > deadline:
                 raise TransientError("concurrency_cap_wait")
             time.sleep(pause)
