@@ -39,6 +39,7 @@ from cosmic_ray.work_db import WorkDB, use_db
 from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
 
 from worker.cli.processes import free_port
+from worker.supervise import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "mutation"
@@ -106,30 +107,29 @@ def http_workers(jobs: int) -> Iterator[list[str]]:
             slot = VAR / f"slot-{k}"
             copy_tree(slot)
             port = free_port()
-            proc = subprocess.Popen(
+            worker = Child(
+                f"slot-{k}",
                 [str(BIN / "cosmic-ray"), "http-worker", "--port", str(port)],
+                slot_env(slot, k),
+                log=slot / "var" / "http-worker.log",
                 cwd=slot,
-                env=slot_env(slot, k),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            stack.callback(proc.wait, 10)
-            stack.callback(proc.terminate)
-            wait_for_port(port, proc)
+            ).start()
+            stack.callback(worker.stop, 10)
+            wait_for_port(port, worker)
             urls.append(f"http://127.0.0.1:{port}")
         yield urls
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+def wait_for_port(port: int, worker: Child) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"cosmic-ray http-worker on port {port} exited {proc.returncode}")
+        if not worker.alive():
+            raise SystemExit(f"{worker.name}: cosmic-ray http-worker exited {worker.exit_code()}")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise SystemExit(f"cosmic-ray http-worker on port {port} did not listen within 30 s")
+    raise SystemExit(f"{worker.name}: cosmic-ray http-worker did not listen within 30 s")
 
 
 def init(scope: str, config_path: Path, session: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -48,7 +49,14 @@ def local(status: str, at: datetime, source: str, *, consent_at: datetime | None
         )
 
 
-def change(status: str | None, at: datetime, *, email: str | None = EMAIL, **kw: str) -> Result:
+def change(
+    status: str | None,
+    at: datetime,
+    *,
+    email: str | None = EMAIL,
+    reason: str | None = None,
+    merges: dict[str, Any] | None = None,
+) -> Result:
     with session_scope() as session:
         return apply_change(
             session,
@@ -58,7 +66,8 @@ def change(status: str | None, at: datetime, *, email: str | None = EMAIL, **kw:
                 fired_at=at,
                 email=email,
                 status=status,
-                **kw,  # type: ignore[arg-type]
+                reason=reason,
+                merges=merges or {},
             ),
         )
 
@@ -150,18 +159,7 @@ def test_only_a_subscribe_brings_its_merge_fields_along(status: str) -> None:
     local(ContactStatus.PENDING, T0, ChangeSource.WEBHOOK)
     with session_scope() as session:
         session.execute(update(Contact).values(merge_fields={"FNAME": "Ada"}))
-    with session_scope() as session:
-        apply_change(
-            session,
-            Change(
-                kind="status",
-                source=ChangeSource.WEBHOOK,
-                fired_at=T0 + timedelta(hours=1),
-                email=EMAIL,
-                status=ContactStatus(status).value,
-                merges={"FNAME": "Augusta"},
-            ),
-        )
+    change(ContactStatus(status).value, T0 + timedelta(hours=1), merges={"FNAME": "Augusta"})
     person = contact()
     assert person is not None and person.status == status
     assert person.merge_fields == {"FNAME": "Augusta" if status == "subscribed" else "Ada"}

@@ -27,6 +27,20 @@ def signup(email: str, form: str = "newsletter_signup", **options: object) -> in
     return result.sync_job_id
 
 
+def erased(email: str) -> None:
+    """The address was erased a day ago: only its suppression hash is left."""
+    from worker.models import Suppression, SuppressionReason
+
+    with session_scope() as session:
+        session.add(
+            Suppression(
+                email_hash=email_hash(email),
+                reason=SuppressionReason.ERASED,
+                created_at=utcnow() - timedelta(days=1),
+            )
+        )
+
+
 def job(job_id: int) -> SyncJob:
     with session_scope() as session:
         found = session.get(SyncJob, job_id)
@@ -268,17 +282,8 @@ def test_invalid_queue_message_is_acked_and_recorded(
 
 
 def test_signup_for_an_erased_address_is_never_sent(audience: Audience, db: str) -> None:
-    from worker.models import Suppression, SuppressionReason
-
     email = "erased.person@trust.org"
-    with session_scope() as session:
-        session.add(
-            Suppression(
-                email_hash=email_hash(email),
-                reason=SuppressionReason.ERASED,
-                created_at=utcnow() - timedelta(days=1),
-            )
-        )
+    erased(email)
     job_id = signup(email)  # a fresh signup after the erasure: stored, not sent
     assert sync.flush().calls == 0
     assert job(job_id).state == JobState.SUPPRESSED and job(job_id).last_error == "suppressed_hash"

@@ -10,7 +10,8 @@ from sqlalchemy import delete, update
 
 from tests.conftest import Audience
 from tests.feeds.test_feeds import sign_up, tags
-from tests.sync.test_flush import job, signup
+from tests.sync.test_flush import erased, job, signup
+from tests.sync.test_optout_paths import resubscribe_on
 from worker.addresses import email_hash
 from worker.db import session_scope
 from worker.feeds.check import run_check
@@ -42,13 +43,6 @@ def local_contact(email: str, status: str, changed_at: datetime) -> None:
         )
 
 
-def resubscribe_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from config import get_settings
-
-    monkeypatch.setenv("LISTSYNC_RESUBSCRIBE_WITH_CONFIRMATION", "true")
-    get_settings.cache_clear()
-
-
 def puts_and_batches(audience: Audience) -> tuple[int, int]:
     counters = audience.emu.counters()["calls"]
     puts = sum(v for k, d in counters.items() if k.startswith("PUT") for v in d.values())
@@ -60,14 +54,7 @@ def first_job(audience: Audience, kind: str) -> tuple[int, JobState, str | None]
     """A job the plan settles or routes on its own, and how it must end."""
     email = f"first.{kind}@trust.org"
     if kind == "erased":
-        with session_scope() as session:
-            session.add(
-                Suppression(
-                    email_hash=email_hash(email),
-                    reason=SuppressionReason.ERASED,
-                    created_at=utcnow() - timedelta(days=1),
-                )
-            )
+        erased(email)
         return signup(email), JobState.SUPPRESSED, "suppressed_hash"
     if kind == "gone":
         job_id = signup(email)
